@@ -1,0 +1,38 @@
+# The two commands of the README: `make train` (the offline default experiment) and `make test`.
+# Each creates .venv when missing, installs the project once (again only when pyproject.toml
+# changes), fetches the Fashion-MNIST files it needs, then runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS ?= dev,optuna,slurm,export
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: install data-deps train test lint format clean-logs
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+data-deps:
+	@bash scripts/get_fashion_mnist.sh
+
+train: install data-deps
+	$(BIN)/python scripts/train.py $(ARGS)
+
+test: install data-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean-logs:
+	rm -rf logs

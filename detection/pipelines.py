@@ -1,0 +1,136 @@
+"""The three jobs of the template, each a short linear function of a composed Hydra config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, open_dict
+
+from detection.utils import console
+from detection.utils.checkpoints import resolve_ckpt_path, run_dir_of
+from detection.utils.hydra_launch import pin_job_for_subprocesses
+from detection.utils.instantiate import instantiate_group
+from detection.utils.loggers import build_loggers, finish_loggers, log_config
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Seed; build data, task, callbacks, loggers, trainer; fit; test the best checkpoint; write metrics."""
+    started = time.perf_counter()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    console.print_config_tree(cfg, save_to=run_dir / "config_tree.log")
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, exclude=run_dir)
+
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    task: L.LightningModule = hydra.utils.instantiate(cfg.model.task, _recursive_=False)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    loggers = build_loggers(
+        cfg.get("logger"), run_dir, resumed_from=run_dir_of(ckpt_path) if ckpt_path else None
+    )
+    pin_job_for_subprocesses()
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_config(loggers, cfg)
+
+    try:
+        if cfg.get("train", True):
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = console.select(trainer.callback_metrics, ["val/", "train/"])
+        if cfg.get("test", True):
+            best = _best_checkpoint(trainer)
+            trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            metrics.update(console.select(trainer.callback_metrics, ["test/"]))
+        summary = _summary(trainer, metrics, run_dir, started)
+        if trainer.is_global_zero:
+            (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+            console.print_metrics_table(
+                {k: v for k, v in metrics.items() if "/AP/" not in k and not k.startswith("train/")}, run_dir
+            )
+    finally:
+        finish_loggers(loggers)
+    return _optimized_metric(cfg, metrics)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Checkpoint -> test metrics, with the data config of this run."""
+    if not cfg.get("ckpt_path"):
+        raise ValueError("eval needs ckpt_path=<checkpoint file | run directory | last>")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    console.print_config_tree(cfg, save_to=run_dir / "config_tree.log")
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name, exclude=run_dir)
+    task_class = hydra.utils.get_class(cfg.task_class)
+    task = task_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    loggers = build_loggers(cfg.get("logger"), run_dir, resumed_from=None)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
+    try:
+        trainer.test(task, datamodule=datamodule)
+        metrics = console.select(trainer.callback_metrics, ["test/"])
+        if trainer.is_global_zero:
+            summary = {"checkpoint": ckpt_path, **metrics}
+            (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+            console.print_metrics_table({k: v for k, v in metrics.items() if "/AP/" not in k}, run_dir)
+    finally:
+        finish_loggers(loggers)
+    return metrics
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Checkpoint + folder of images -> <run dir>/predictions.json and images with boxes drawn."""
+    from detection.utils.drawing import write_predictions
+
+    if not cfg.get("ckpt_path"):
+        raise ValueError("predict needs ckpt_path=<checkpoint file | run directory | last>")
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name, exclude=run_dir)
+    task_class = hydra.utils.get_class(cfg.task_class)
+    task = task_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    with open_dict(cfg):
+        cfg.data.predict_dir = str(Path(hydra.utils.to_absolute_path(cfg.input_dir)))
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False)
+    batches = trainer.predict(task, datamodule=datamodule)
+    predictions = [p for batch in batches or [] for p in batch]
+    out = write_predictions(predictions, task.class_names, run_dir, score_thresh=cfg.score_thresh)
+    log.info("Wrote %d predictions to %s", len(predictions), out)
+    return out
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return best or None  # None tests the weights in memory (e.g. fast_dev_run writes no checkpoint)
+
+
+def _summary(trainer: L.Trainer, metrics: dict[str, float], run_dir: Path, started: float) -> dict[str, Any]:
+    callback = trainer.checkpoint_callback
+    best_score = getattr(callback, "best_model_score", None)
+    return {
+        **metrics,
+        "best_checkpoint": getattr(callback, "best_model_path", None) or None,
+        "best_score": float(best_score) if isinstance(best_score, torch.Tensor) else best_score,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "run_dir": str(run_dir),
+    }
+
+
+def _optimized_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name} was not logged; logged metrics: {sorted(metrics)}")
+    return metrics[name]

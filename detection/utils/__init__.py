@@ -1,0 +1,1 @@
+"""Glue between Hydra, Lightning and the loggers: nothing here knows about detection."""

@@ -1,0 +1,16 @@
+"""Shared data fixtures: the `small` FashionDet preset, generated once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def fashiondet_small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FashionDet set of the `small` preset (48/24/24 canvases, seed 0), ~1 s to write. Read-only:
+    tests that change files must copy it first."""
+    from detection.data import make_fashiondet
+
+    return make_fashiondet(tmp_path_factory.mktemp("fashiondet_small"), preset="small", seed=0, workers=1)
