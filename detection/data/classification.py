@@ -1,0 +1,155 @@
+"""ClassificationDataModule: Fashion-MNIST for backbone pretraining.
+
+Batches are (images float32 [B,3,S,S] in [0,1], labels int64 [B]): the 28x28 greyscale items are
+resized to `image_size` and repeated over 3 channels, so any RGB backbone takes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from detection.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from detection.data.samplers import eval_sampler
+
+__all__ = ["ClassificationDataModule", "FashionMNISTDataset"]
+
+
+class FashionMNISTDataset(Dataset):
+    """Items `indices` of a Fashion-MNIST split as (float [3,S,S] in [0,1], int64 label)."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        image_size: int = 64,
+        hflip_prob: float = 0.0,
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.image_size = int(image_size)
+        self.hflip_prob = float(hflip_prob)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        source = int(self.indices[index])
+        image = torch.from_numpy(np.array(self.images[source], dtype=np.float32) / 255.0)[None, None]
+        if self.image_size != image.shape[-1]:
+            image = F.interpolate(
+                image,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            ).clamp_(0.0, 1.0)
+        image = image[0].expand(3, -1, -1).contiguous()
+        if self.hflip_prob > 0 and float(torch.rand(())) < self.hflip_prob:
+            image = image.flip(-1)
+        return image, torch.tensor(int(self.labels[source]), dtype=torch.int64)
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Fashion-MNIST: train/val from its 60,000 training items (a seeded split), test = its test set.
+
+    Args:
+        data_dir: where to look for the torchvision layout (<data_dir>/FashionMNIST/raw) and to
+            download to; the Debian package and $FASHION_MNIST_DIR are searched first.
+        download: download through torchvision when not found (needs the internet).
+        image_size: side of the square images handed to the model.
+        val_size: training items held out for validation (chosen by `split_seed`).
+        train_size, test_size: use only the first N training / test items (None: all), for fast runs.
+        hflip_prob: probability of a horizontal flip of a training image.
+        num_classes: must be 10 (present so that configs can state it for the model to follow).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = "data",
+        download: bool = False,
+        image_size: int = 64,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        val_size: int = 5000,
+        train_size: int | None = None,
+        test_size: int | None = None,
+        hflip_prob: float = 0.5,
+        split_seed: int = 0,
+        num_classes: int = len(FASHION_MNIST_CLASSES),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if not 0 < val_size < 60_000:
+            raise ValueError(f"val_size must be between 1 and 59999, got {val_size}")
+        if num_classes != len(FASHION_MNIST_CLASSES):
+            raise ValueError(
+                f"Fashion-MNIST has {len(FASHION_MNIST_CLASSES)} classes; data.num_classes={num_classes}"
+            )
+        self.class_names = list(FASHION_MNIST_CLASSES)
+        self.num_classes = len(self.class_names)
+        self.datasets: dict[str, FashionMNISTDataset] = {}
+
+    def _data_dir(self) -> str | None:
+        if self.hparams.data_dir is None:
+            return None
+        from hydra.utils import to_absolute_path
+
+        return to_absolute_path(str(self.hparams.data_dir))
+
+    def prepare_data(self) -> None:
+        for split in ("train", "test"):
+            load_fashion_mnist(split, data_dir=self._data_dir(), download=self.hparams.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        images, labels = load_fashion_mnist("train", data_dir=self._data_dir(), download=hp.download)
+        order = np.random.default_rng(hp.split_seed).permutation(len(images))
+        val_idx, train_idx = order[: hp.val_size], order[hp.val_size :]
+        if hp.train_size is not None:
+            train_idx = train_idx[: hp.train_size]
+        test_images, test_labels = load_fashion_mnist("test", data_dir=self._data_dir(), download=hp.download)
+        test_idx = np.arange(
+            len(test_images) if hp.test_size is None else min(hp.test_size, len(test_images))
+        )
+        self.datasets = {
+            "train": FashionMNISTDataset(images, labels, train_idx, hp.image_size, hp.hflip_prob),
+            "val": FashionMNISTDataset(images, labels, val_idx, hp.image_size),
+            "test": FashionMNISTDataset(test_images, test_labels, test_idx, hp.image_size),
+        }
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        hp = self.hparams
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            shuffle=train,
+            sampler=None if train else eval_sampler(dataset),
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

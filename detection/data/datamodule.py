@@ -1,0 +1,292 @@
+"""DetectionDataModule: COCO-format splits (FashionDet by default) -> Lightning loaders.
+
+Batches are (images: list[Tensor float32 [3,H,W] in [0,1]], targets: list[{"boxes": float32
+[N,4] XYXY, "labels": int64 [N], "image_id": int}]); prediction batches are (images, [{"path",
+"image_id"}]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+from detection.data.canvas import make_fashiondet
+from detection.data.classification import ClassificationDataModule
+from detection.data.coco import CocoDetection
+from detection.data.folder import ImageFolder
+from detection.data.samplers import GroupedBatchSampler, aspect_ratio_groups, eval_sampler
+from detection.data.transforms import build_eval_transforms, build_train_transforms
+from detection.data.validation import CocoFormatError, CocoStats
+
+__all__ = ["DetectionDataModule", "ClassificationDataModule", "collate_detection", "summary_table"]
+
+SPLITS = ("train", "val", "test")
+_NEEDED = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+
+
+def _plain(value: Any) -> Any:
+    """DictConfig/ListConfig -> dict/list (without importing omegaconf here)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _absolute(path: str | Path) -> Path:
+    # Under Hydra, relative paths mean the directory the command was started from.
+    try:
+        from hydra.utils import to_absolute_path
+
+        return Path(to_absolute_path(str(path)))
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return Path(path).expanduser().resolve()
+
+
+def _pure(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.as_subclass(torch.Tensor) if isinstance(tensor, torch.Tensor) else tensor
+
+
+def collate_detection(
+    batch: Sequence[tuple[Any, Mapping[str, Any]]],
+) -> tuple[list[torch.Tensor], list[dict]]:
+    """(image, target) pairs -> (list of images, list of targets) with plain tensors (no tv_tensors)."""
+    images = [_pure(image) for image, _ in batch]
+    targets = [{key: _pure(value) for key, value in target.items()} for _, target in batch]
+    return images, targets
+
+
+def summary_table(
+    stats: Mapping[str, CocoStats], class_names: Sequence[str], max_class_rows: int = 30
+) -> Table:
+    """One table: a column per split; images, boxes, negatives, crowd, clipped, refused, boxes per class."""
+    table = Table(title="Detection data", title_justify="left")
+    table.add_column("")
+    for split in stats:
+        table.add_column(split, justify="right")
+    rows = [
+        ("images", "images"),
+        ("boxes", "boxes"),
+        ("negatives (no box)", "negatives"),
+        ("crowd (left out)", "crowd"),
+        ("clipped", "clipped"),
+        ("refused", "refused"),
+    ]
+    for label, key in rows:
+        table.add_row(label, *(str(getattr(s, key)) for s in stats.values()))
+    if len(class_names) <= max_class_rows:
+        for label, name in enumerate(class_names):
+            table.add_row(f"  {name}", *(str(s.boxes_per_class[label]) for s in stats.values()))
+    else:
+        table.add_row(
+            "classes without boxes",
+            *(str(sum(1 for n in s.boxes_per_class if n == 0)) for s in stats.values()),
+        )
+    return table
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """COCO-format train/val/test splits under `root`, plus an optional folder of images to predict.
+
+    Layout under `root` (FashionDet's): annotations/instances_<split>.json, images in <split>/.
+    Other layouts: `<split>_ann` and `<split>_images` per split (relative to `root`, or absolute).
+
+    Args:
+        root: the data set folder (relative paths are resolved against the launch directory).
+        num_classes: expected number of categories; checked against the JSON (None: take it).
+        generate: FashionDet generator arguments (`make_fashiondet`): the set is written under
+            `root` on first use and reused while these parameters stay the same.
+        batch_size, eval_batch_size: per-process batch sizes (eval defaults to batch_size).
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        group_aspect_ratio: k > 0 batches training images of similar width/height (2k+2 groups).
+        cache_images: decode every image once into memory (uint8); for small sets.
+        invalid_boxes: "error" or "drop" (counted as refused) for non-finite/empty/outside boxes.
+        check_files: check that all image files exist at setup.
+        train_transforms, eval_transforms: keyword arguments of build_train_transforms /
+            build_eval_transforms.
+        predict_dir: folder of images for predict_dataloader.
+        shuffle, drop_last: for the training loader.
+        print_summary: print the per-split summary table once, at the first setup (rank 0).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        num_classes: int | None = None,
+        generate: Mapping[str, Any] | None = None,
+        train_ann: str | None = None,
+        val_ann: str | None = None,
+        test_ann: str | None = None,
+        train_images: str | None = None,
+        val_images: str | None = None,
+        test_images: str | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        group_aspect_ratio: int = 0,
+        cache_images: bool = False,
+        invalid_boxes: str = "error",
+        check_files: bool = True,
+        train_transforms: Mapping[str, Any] | None = None,
+        eval_transforms: Mapping[str, Any] | None = None,
+        predict_dir: str | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        print_summary: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.root = _absolute(root) if root is not None else None
+        self.generate = _plain(generate) if generate is not None else None
+        self.files = {
+            split: self._split_files(split, ann, images)
+            for split, ann, images in (
+                ("train", train_ann, train_images),
+                ("val", val_ann, val_images),
+                ("test", test_ann, test_images),
+            )
+        }
+        self.num_classes = num_classes
+        self.class_names: list[str] | None = None
+        self.datasets: dict[str, CocoDetection] = {}
+        self.stats: dict[str, CocoStats] = {}
+        self.train_transforms = build_train_transforms(**_plain(train_transforms or {}))
+        self.eval_transforms = build_eval_transforms(**_plain(eval_transforms or {}))
+        self.predict_dir = _absolute(predict_dir) if predict_dir else None
+        self._summary_printed = False
+
+    def _split_files(
+        self, split: str, ann: str | None, images: str | None
+    ) -> tuple[Path | None, Path | None]:
+        def resolve(value: str | None, default: str) -> Path | None:
+            if value is not None:
+                path = Path(value).expanduser()
+                return path if path.is_absolute() or self.root is None else self.root / path
+            return self.root / default if self.root is not None else None
+
+        return resolve(ann, f"annotations/instances_{split}.json"), resolve(images, split)
+
+    # ------------------------------------------------------------------ preparation
+    def prepare_data(self) -> None:
+        if self.generate is None:
+            return
+        if self.root is None:
+            raise ValueError("data.generate needs data.root: the folder to write the FashionDet set to")
+        kwargs = dict(self.generate)
+        if kwargs.get("data_dir"):
+            kwargs["data_dir"] = str(_absolute(kwargs["data_dir"]))
+        make_fashiondet(self.root, **kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            if stage != "predict":
+                # Cheap when the set exists; lets the module work without a Trainer calling prepare_data.
+                self.prepare_data()
+            self._load_splits()
+        needed = _NEEDED.get(stage, ()) if stage else ()
+        for split in needed:
+            if split not in self.datasets:
+                ann, _ = self.files[split]
+                raise FileNotFoundError(
+                    f"The {split} split is needed for stage {stage!r} but its annotation file {ann} does not "
+                    f"exist. Set data.root to a folder laid out as annotations/instances_{split}.json + "
+                    f"{split}/, or point data.{split}_ann and data.{split}_images at your files"
+                )
+        if stage == "predict" and self.predict_dir is None:
+            raise ValueError("Prediction needs data.predict_dir: a folder of images")
+
+    def _load_splits(self) -> None:
+        for split in SPLITS:
+            ann, images = self.files[split]
+            if ann is None or not ann.is_file():
+                continue
+            self.datasets[split] = CocoDetection(
+                images,
+                ann,
+                transforms=self.train_transforms if split == "train" else self.eval_transforms,
+                invalid_boxes=self.hparams.invalid_boxes,
+                check_files=self.hparams.check_files,
+                cache_images=self.hparams.cache_images,
+            )
+            self.stats[split] = self.datasets[split].stats
+        if not self.datasets:
+            return
+        first_split, first = next(iter(self.datasets.items()))
+        for dataset in self.datasets.values():
+            if (dataset.category_ids, dataset.class_names) != (first.category_ids, first.class_names):
+                theirs = list(zip(dataset.category_ids, dataset.class_names))
+                ours = list(zip(first.category_ids, first.class_names))
+                raise CocoFormatError(
+                    f"{dataset.ann_file}: categories {theirs} differ from those of the {first_split} split "
+                    f"({first.ann_file}): {ours}. All splits must list the same categories"
+                )
+        if self.num_classes is not None and int(self.num_classes) != first.num_classes:
+            raise ValueError(
+                f"{first.ann_file} has {first.num_classes} categories but data.num_classes="
+                f"{self.num_classes}. Set data.num_classes={first.num_classes} (the model's num_classes "
+                "follows it)"
+            )
+        self.num_classes = first.num_classes
+        self.class_names = first.class_names
+        if self.hparams.print_summary and not self._summary_printed and rank_zero_only.rank == 0:
+            Console().print(summary_table(self.stats, self.class_names))
+        self._summary_printed = True
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: Any, batch_size: int, **kwargs: Any) -> DataLoader:
+        workers = int(self.hparams.num_workers)
+        return DataLoader(
+            dataset,
+            collate_fn=collate_detection,
+            num_workers=workers,
+            pin_memory=bool(self.hparams.pin_memory) and torch.cuda.is_available(),  # CPU runs: no-op warning
+            persistent_workers=bool(self.hparams.persistent_workers) and workers > 0,
+            **({"batch_size": batch_size} if "batch_sampler" not in kwargs else {}),
+            **kwargs,
+        )
+
+    def _dataset(self, split: str) -> CocoDetection:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return self.datasets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset("train")
+        batch_size = int(self.hparams.batch_size)
+        k = int(self.hparams.group_aspect_ratio)
+        if k > 0:
+            sampler = RandomSampler(dataset) if self.hparams.shuffle else SequentialSampler(dataset)
+            groups = aspect_ratio_groups(dataset.aspect_ratios(), k)
+            batch_sampler = GroupedBatchSampler(sampler, groups, batch_size, drop_last=self.hparams.drop_last)
+            return self._loader(dataset, batch_size, batch_sampler=batch_sampler)
+        return self._loader(
+            dataset, batch_size, shuffle=bool(self.hparams.shuffle), drop_last=bool(self.hparams.drop_last)
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._dataset(split)
+        batch_size = int(self.hparams.eval_batch_size or self.hparams.batch_size)
+        return self._loader(dataset, batch_size, shuffle=False, sampler=eval_sampler(dataset))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is None:
+            raise ValueError("Prediction needs data.predict_dir: a folder of images")
+        dataset = ImageFolder(self.predict_dir, transforms=self.eval_transforms)
+        batch_size = int(self.hparams.eval_batch_size or self.hparams.batch_size)
+        return self._loader(dataset, batch_size, shuffle=False)
