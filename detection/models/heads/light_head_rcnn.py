@@ -1,0 +1,208 @@
+"""Light-Head R-CNN (Li et al., 2017) on torchvision's R-CNN machinery.
+
+Where the features come from (this implementation's choice):
+- the RPN runs on every FPN level (P3..P5 plus any extra levels), exactly as in our Faster R-CNN,
+  so the two detectors differ only in the R-CNN subnet and can be compared on equal terms;
+- the thin feature map is computed from the backbone's stride-16 map C4 (``thin_map_from=
+  "backbone"``, default: a classification feature untouched by the FPN, like the paper's stride-16
+  backbone output) or from the FPN's P4 (``"fpn"``); ``thin_map_stride`` picks another stride.
+
+The R-CNN subnet: a large separable convolution (k x 1 then 1 x k, plus 1 x k then k x 1, summed,
+then ReLU; k = 15; Cmid 64 for variant "S", 256 for "L"; Cout = 10 x p x p with p = 7) makes the
+thin map; position-sensitive RoIAlign (`torchvision.ops.ps_roi_align`) pools each proposal to
+10 x 7 x 7; one fully connected layer (2048) feeds the class and box predictors. Pooling is cheap
+whatever the number of proposals, and the per-RoI work is one 490 -> 2048 layer instead of
+Faster R-CNN's two large ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import ps_roi_align
+
+from detection.models.heads.common import build_transform
+from detection.models.heads.faster_rcnn import RCNN, build_roi_heads, build_rpn
+from detection.models.necks import DetectorBackbone
+
+VARIANTS = {"S": 64, "L": 256}
+THIN_MAP_SOURCES = ("backbone", "fpn")
+
+
+class LargeSeparableConv(nn.Module):
+    """(k x 1 -> 1 x k) + (1 x k -> k x 1), then ReLU: a k x k receptive field at 2 x (k + k) cost."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, kernel_size: int = 15) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"thin_kernel_size must be odd to keep the map size, got {kernel_size}")
+        k, pad = kernel_size, kernel_size // 2
+        self.col = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, (k, 1), padding=(pad, 0)),
+            nn.Conv2d(mid_channels, out_channels, (1, k), padding=(0, pad)),
+        )
+        self.row = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, (1, k), padding=(0, pad)),
+            nn.Conv2d(mid_channels, out_channels, (k, 1), padding=(pad, 0)),
+        )
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.col(x) + self.row(x))
+
+
+class LightHeadRoIPool(nn.Module):
+    """Thin feature map from ``features[feature_name]``, then PS-RoIAlign of every proposal.
+
+    Called by torchvision's RoIHeads as ``box_roi_pool(features, proposals, image_shapes)``;
+    returns [K, bin_channels, p, p].
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        feature_name: str,
+        stride: int,
+        mid_channels: int,
+        kernel_size: int = 15,
+        bin_channels: int = 10,
+        pooled_size: int = 7,
+        sampling_ratio: int = 2,
+    ) -> None:
+        super().__init__()
+        self.feature_name = feature_name
+        self.spatial_scale = 1.0 / stride
+        self.pooled_size = pooled_size
+        self.sampling_ratio = sampling_ratio
+        self.thin = LargeSeparableConv(in_channels, mid_channels, bin_channels * pooled_size**2, kernel_size)
+
+    def forward(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        thin = self.thin(features[self.feature_name])
+        return ps_roi_align(thin, proposals, self.pooled_size, self.spatial_scale, self.sampling_ratio)
+
+
+class LightHeadBoxHead(nn.Module):
+    """The single fully connected layer of the light head."""
+
+    def __init__(self, in_features: int, representation_size: int = 2048) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, representation_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc(x.flatten(start_dim=1)))
+
+
+def build_light_head_rcnn(
+    backbone: DetectorBackbone,
+    num_classes: int,
+    *,
+    min_size: int = 128,
+    max_size: int = 128,
+    size_divisible: int = 32,
+    variant: str = "S",
+    thin_mid_channels: int | None = None,
+    thin_kernel_size: int = 15,
+    thin_bin_channels: int = 10,
+    thin_map_from: str = "backbone",
+    thin_map_stride: int = 16,
+    pooled_size: int = 7,
+    roi_sampling_ratio: int = 2,
+    representation_size: int = 2048,
+    anchor_scale: float = 4.0,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    rpn_head_convs: int = 1,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_nms_thresh: float = 0.7,
+    rpn_fg_iou_thresh: float = 0.7,
+    rpn_bg_iou_thresh: float = 0.3,
+    rpn_batch_size_per_image: int = 256,
+    rpn_positive_fraction: float = 0.5,
+    rpn_score_thresh: float = 0.0,
+    box_score_thresh: float = 0.05,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 100,
+    box_fg_iou_thresh: float = 0.5,
+    box_bg_iou_thresh: float = 0.5,
+    box_batch_size_per_image: int = 512,
+    box_positive_fraction: float = 0.25,
+    bbox_reg_weights: Sequence[float] | None = None,
+) -> RCNN:
+    """Light-Head R-CNN (see the module docstring for which maps feed the RPN and the thin map).
+
+    `variant` "S" (Cmid 64) or "L" (Cmid 256), or `thin_mid_channels` explicitly; the thin map has
+    ``thin_bin_channels x pooled_size**2`` channels. The RPN and ``box_*`` knobs are Faster R-CNN's.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown Light-Head variant {variant!r}; choose one of {tuple(VARIANTS)}")
+    if thin_map_from not in THIN_MAP_SOURCES:
+        raise ValueError(f"thin_map_from must be one of {THIN_MAP_SOURCES}, got {thin_map_from!r}")
+    body = backbone.body
+    if thin_map_from == "backbone":
+        if thin_map_stride not in body.strides:
+            raise ValueError(
+                f"thin_map_stride {thin_map_stride} is not a backbone level (strides {body.strides}); add "
+                "its level to the backbone's out_levels or set thin_map_stride"
+            )
+        index = body.strides.index(thin_map_stride)
+        feature_name, in_channels = body.names[index], body.channels[index]
+        backbone.body_outputs = [*backbone.body_outputs, feature_name]
+    else:
+        if thin_map_stride not in backbone.strides:
+            raise ValueError(
+                f"thin_map_stride {thin_map_stride} is not an FPN level (strides {backbone.strides})"
+            )
+        feature_name = backbone.names[backbone.strides.index(thin_map_stride)]
+        in_channels = backbone.out_channels
+    rpn = build_rpn(
+        backbone,
+        anchor_scale=anchor_scale,
+        aspect_ratios=aspect_ratios,
+        head_convs=rpn_head_convs,
+        pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        post_nms_top_n_train=rpn_post_nms_top_n_train,
+        post_nms_top_n_test=rpn_post_nms_top_n_test,
+        nms_thresh=rpn_nms_thresh,
+        fg_iou_thresh=rpn_fg_iou_thresh,
+        bg_iou_thresh=rpn_bg_iou_thresh,
+        batch_size_per_image=rpn_batch_size_per_image,
+        positive_fraction=rpn_positive_fraction,
+        score_thresh=rpn_score_thresh,
+    )
+    roi_pool = LightHeadRoIPool(
+        in_channels,
+        feature_name,
+        thin_map_stride,
+        int(thin_mid_channels or VARIANTS[variant]),
+        int(thin_kernel_size),
+        int(thin_bin_channels),
+        int(pooled_size),
+        int(roi_sampling_ratio),
+    )
+    box_head = LightHeadBoxHead(int(thin_bin_channels) * int(pooled_size) ** 2, int(representation_size))
+    roi_heads = build_roi_heads(
+        roi_pool,
+        box_head,
+        representation_size,
+        num_classes,
+        fg_iou_thresh=box_fg_iou_thresh,
+        bg_iou_thresh=box_bg_iou_thresh,
+        batch_size_per_image=box_batch_size_per_image,
+        positive_fraction=box_positive_fraction,
+        bbox_reg_weights=bbox_reg_weights,
+        score_thresh=box_score_thresh,
+        nms_thresh=box_nms_thresh,
+        detections_per_img=box_detections_per_img,
+    )
+    transform = build_transform(body, min_size, max_size, size_divisible)
+    return RCNN(backbone, rpn, roi_heads, transform, num_classes)

