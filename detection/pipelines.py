@@ -11,13 +11,15 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, open_dict
 
 from detection.utils import console
 from detection.utils.checkpoints import resolve_ckpt_path, run_dir_of
-from detection.utils.hydra_launch import pin_job_for_subprocesses
+from detection.utils.hydra_launch import job_processes
 from detection.utils.instantiate import instantiate_group
 from detection.utils.loggers import build_loggers, finish_loggers, log_config
+from detection.utils.requeue import requeued_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +32,41 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     console.print_config_tree(cfg, save_to=run_dir / "config_tree.log")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, exclude=run_dir)
+    ckpt_path = requeued_checkpoint(run_dir) or ckpt_path
 
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    # plain containers, not DictConfig, in the data module's hyper-parameters: they go into the
+    # checkpoint, which must load with torch.load(weights_only=True)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     task: L.LightningModule = hydra.utils.instantiate(cfg.model.task, _recursive_=False)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    if not cfg.trainer.get("enable_progress_bar", True):
+        # Lightning refuses a progress bar callback with the bar switched off; the switch wins.
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = build_loggers(
         cfg.get("logger"), run_dir, resumed_from=run_dir_of(ckpt_path) if ckpt_path else None
     )
-    pin_job_for_subprocesses()
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    log_config(loggers, cfg)
-
-    try:
-        if cfg.get("train", True):
-            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics = console.select(trainer.callback_metrics, ["val/", "train/"])
-        if cfg.get("test", True):
-            best = _best_checkpoint(trainer)
-            trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
-            metrics.update(console.select(trainer.callback_metrics, ["test/"]))
-        summary = _summary(trainer, metrics, run_dir, started)
-        if trainer.is_global_zero:
-            (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-            console.print_metrics_table(
-                {k: v for k, v in metrics.items() if "/AP/" not in k and not k.startswith("train/")}, run_dir
-            )
-    finally:
-        finish_loggers(loggers)
+    with job_processes():
+        trainer: L.Trainer = hydra.utils.instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False
+        )
+        log_config(loggers, cfg)
+        try:
+            if cfg.get("train", True):
+                trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics = console.select(trainer.callback_metrics, ["val/", "train/"])
+            if cfg.get("test", True):
+                best = _best_checkpoint(trainer)
+                trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
+                metrics.update(console.select(trainer.callback_metrics, ["test/"]))
+            summary = _summary(trainer, metrics, run_dir, started)
+            if trainer.is_global_zero:
+                (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+                console.print_metrics_table(
+                    {k: v for k, v in metrics.items() if "/AP/" not in k and not k.startswith("train/")},
+                    run_dir,
+                )
+        finally:
+            finish_loggers(loggers)
     return _optimized_metric(cfg, metrics)
 
 
@@ -71,18 +81,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name, exclude=run_dir)
     task_class = hydra.utils.get_class(cfg.task_class)
     task = task_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     loggers = build_loggers(cfg.get("logger"), run_dir, resumed_from=None)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
-    try:
-        trainer.test(task, datamodule=datamodule)
-        metrics = console.select(trainer.callback_metrics, ["test/"])
-        if trainer.is_global_zero:
-            summary = {"checkpoint": ckpt_path, **metrics}
-            (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-            console.print_metrics_table({k: v for k, v in metrics.items() if "/AP/" not in k}, run_dir)
-    finally:
-        finish_loggers(loggers)
+    with job_processes():
+        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
+        try:
+            trainer.test(task, datamodule=datamodule)
+            metrics = console.select(trainer.callback_metrics, ["test/"])
+            if trainer.is_global_zero:
+                summary = {"checkpoint": ckpt_path, **metrics}
+                (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+                console.print_metrics_table({k: v for k, v in metrics.items() if "/AP/" not in k}, run_dir)
+        finally:
+            finish_loggers(loggers)
     return metrics
 
 
@@ -98,23 +109,30 @@ def predict(cfg: DictConfig) -> Path:
     task = task_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     with open_dict(cfg):
         cfg.data.predict_dir = str(Path(hydra.utils.to_absolute_path(cfg.input_dir)))
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False)
-    batches = trainer.predict(task, datamodule=datamodule)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    with job_processes():
+        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False)
+        batches = trainer.predict(task, datamodule=datamodule)
     predictions = [p for batch in batches or [] for p in batch]
     out = write_predictions(predictions, task.class_names, run_dir, score_thresh=cfg.score_thresh)
     log.info("Wrote %d predictions to %s", len(predictions), out)
     return out
 
 
+def _monitoring_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The checkpoint callback that keeps the best by a metric (another one may keep last.ckpt)."""
+    callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    return next((c for c in callbacks if c.monitor), callbacks[0] if callbacks else None)
+
+
 def _best_checkpoint(trainer: L.Trainer) -> str | None:
-    callback = trainer.checkpoint_callback
+    callback = _monitoring_checkpoint(trainer)
     best = getattr(callback, "best_model_path", "") if callback is not None else ""
     return best or None  # None tests the weights in memory (e.g. fast_dev_run writes no checkpoint)
 
 
 def _summary(trainer: L.Trainer, metrics: dict[str, float], run_dir: Path, started: float) -> dict[str, Any]:
-    callback = trainer.checkpoint_callback
+    callback = _monitoring_checkpoint(trainer)
     best_score = getattr(callback, "best_model_score", None)
     return {
         **metrics,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from detection.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from detection.data.resumable import EpochRandomSampler, ResumableDataLoader
 from detection.data.samplers import eval_sampler
 
 __all__ = ["ClassificationDataModule", "FashionMNISTDataset"]
@@ -135,11 +136,12 @@ class ClassificationDataModule(L.LightningDataModule):
             self.setup()
         hp = self.hparams
         dataset = self.datasets[split]
-        return DataLoader(
+        # training: a loader that resumes mid-epoch without repeating or skipping batches (resumable.py)
+        loader_class = ResumableDataLoader if train else DataLoader
+        return loader_class(
             dataset,
             batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train,
-            sampler=None if train else eval_sampler(dataset),
+            sampler=EpochRandomSampler(dataset) if train else eval_sampler(dataset),
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,

@@ -16,12 +16,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from detection.data.canvas import make_fashiondet
 from detection.data.classification import ClassificationDataModule
 from detection.data.coco import CocoDetection
 from detection.data.folder import ImageFolder
+from detection.data.resumable import EpochRandomSampler, EpochSequentialSampler, ResumableDataLoader
 from detection.data.samplers import GroupedBatchSampler, aspect_ratio_groups, eval_sampler
 from detection.data.transforms import build_eval_transforms, build_train_transforms
 from detection.data.validation import CocoFormatError, CocoStats
@@ -243,9 +244,11 @@ class DetectionDataModule(L.LightningDataModule):
         self._summary_printed = True
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: Any, batch_size: int, **kwargs: Any) -> DataLoader:
+    def _loader(
+        self, dataset: Any, batch_size: int, loader_class: type[DataLoader] = DataLoader, **kwargs: Any
+    ) -> DataLoader:
         workers = int(self.hparams.num_workers)
-        return DataLoader(
+        return loader_class(
             dataset,
             collate_fn=collate_detection,
             num_workers=workers,
@@ -264,13 +267,21 @@ class DetectionDataModule(L.LightningDataModule):
         dataset = self._dataset("train")
         batch_size = int(self.hparams.batch_size)
         k = int(self.hparams.group_aspect_ratio)
+        # Order drawn from (seed, epoch) and the place in the epoch saved with mid-epoch checkpoints,
+        # so a resumed epoch repeats and skips no batch (detection/data/resumable.py).
+        sampler = EpochRandomSampler(dataset) if self.hparams.shuffle else EpochSequentialSampler(dataset)
         if k > 0:
-            sampler = RandomSampler(dataset) if self.hparams.shuffle else SequentialSampler(dataset)
             groups = aspect_ratio_groups(dataset.aspect_ratios(), k)
             batch_sampler = GroupedBatchSampler(sampler, groups, batch_size, drop_last=self.hparams.drop_last)
-            return self._loader(dataset, batch_size, batch_sampler=batch_sampler)
+            return self._loader(
+                dataset, batch_size, loader_class=ResumableDataLoader, batch_sampler=batch_sampler
+            )
         return self._loader(
-            dataset, batch_size, shuffle=bool(self.hparams.shuffle), drop_last=bool(self.hparams.drop_last)
+            dataset,
+            batch_size,
+            loader_class=ResumableDataLoader,
+            sampler=sampler,
+            drop_last=bool(self.hparams.drop_last),
         )
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -34,7 +34,8 @@ class ClassificationTask(L.LightningModule):
         model = _plain(model)
         optimizer = _plain(optimizer)
         scheduler = _plain(scheduler)
-        self.save_hyperparameters(ignore=["model_module"])
+        # logger=False: the pipeline logs the whole run config (nested); these would duplicate parts of it
+        self.save_hyperparameters(ignore=["model_module"], logger=False)
         self.model = model_module if model_module is not None else hydra.utils.instantiate(model)
         num_classes = int(model["num_classes"])
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

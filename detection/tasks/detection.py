@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from detection.tasks.map_sync import gather_map_states
 from detection.tasks.optim import build_optimizer_and_scheduler
 
 log = logging.getLogger(__name__)
@@ -70,15 +71,21 @@ class DetectionTask(L.LightningModule):
         optimizer = _plain(optimizer)
         scheduler = _plain(scheduler)
         class_names = list(class_names) if class_names is not None else None
-        self.save_hyperparameters(ignore=["detector_module"])
+        # logger=False: the pipeline logs the whole run config (nested); these would duplicate parts of it
+        self.save_hyperparameters(ignore=["detector_module"], logger=False)
         self.detector = detector_module if detector_module is not None else hydra.utils.instantiate(detector)
         self.val_map = self._new_metric()
         self.test_map = self._new_metric()
         self.skipped_steps = 0
 
     def _new_metric(self) -> MeanAveragePrecision:
+        # sync_on_compute=False: under DDP, gather_map_states collects the ranks' images instead
         return MeanAveragePrecision(
-            box_format="xyxy", iou_type="bbox", class_metrics=True, backend=self.hparams.map_backend
+            box_format="xyxy",
+            iou_type="bbox",
+            class_metrics=True,
+            backend=self.hparams.map_backend,
+            sync_on_compute=False,
         )
 
     # ---------------------------------------------------------------- setup
@@ -109,10 +116,18 @@ class DetectionTask(L.LightningModule):
         images, targets = batch
         losses: dict[str, Tensor] = self.detector(images, [_boxes_and_labels(t) for t in targets])
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss.detach()).float()
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        if world_size > 1:
+            # One verdict for all ranks: a rank that skips (or raises) alone leaves the others
+            # waiting forever in the gradient all-reduce.
+            finite = self.all_gather(finite).min()
+        if not bool(finite):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            where = f" on rank {self.global_rank}" if world_size > 1 else ""
             message = (
-                f"Non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): {parts}"
+                f"Non-finite loss at global step {self.global_step} (epoch {self.current_epoch}){where}: "
+                f"{parts}"
             )
             if self.hparams.nonfinite_loss == "raise":
                 raise FloatingPointError(
@@ -151,8 +166,9 @@ class DetectionTask(L.LightningModule):
         self._log_map(self.test_map, "test")
 
     def _log_map(self, metric: MeanAveragePrecision, prefix: str) -> None:
-        # torchmetrics gathers the states of all ranks in compute(); each image counts once
-        # because the data module's eval samplers never pad (see datamodule).
+        # Each image counts once: the data module's eval samplers never pad, and gather_map_states
+        # collects ranks holding different numbers of images (torchmetrics' own sync cannot).
+        gather_map_states(metric)
         result = metric.compute()
         metric.reset()
         values = {f"{prefix}/{ours}": result[key].float() for key, ours in _MAP_KEYS.items()}

@@ -10,6 +10,8 @@ import secrets
 import socket
 from pathlib import Path
 
+from lightning.pytorch.utilities import rank_zero_only
+
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"  # per run directory: the W&B run id, so a resumed run continues it
@@ -56,19 +58,27 @@ def configure_wandb(requested: str | None = None) -> str:
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
-    if mode != "online":
+    if mode != "online" and rank_zero_only.rank == 0:
         log.warning(
             "W&B logs %s (%s); upload later with `wandb sync <run dir>/wandb/offline-run-*`.", mode, reason
         )
     return mode
 
 
+def _saved_id(run_dir: Path | None) -> str | None:
+    if run_dir is None or not (run_dir / RUN_FILE).is_file():
+        return None
+    return json.loads((run_dir / RUN_FILE).read_text()).get("wandb_id")
+
+
 def run_id_for(run_dir: Path, resumed_from: Path | None) -> str:
-    """The W&B id of this run: the resumed run's id when resuming, else a new one; saved in run.json."""
-    run_id = None
-    if resumed_from is not None and (resumed_from / RUN_FILE).is_file():
-        run_id = json.loads((resumed_from / RUN_FILE).read_text()).get("wandb_id")
-    run_id = run_id or secrets.token_hex(4)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_FILE).write_text(json.dumps({"wandb_id": run_id}))
+    """The W&B id of this run: the resumed run's id when resuming, else a new one; saved in run.json.
+
+    Only rank 0 writes run.json; DDP ranks > 0 start after it and read the same id from the run
+    directory they share (they never open the W&B run, but must not overwrite its id either).
+    """
+    run_id = _saved_id(resumed_from) or _saved_id(run_dir) or secrets.token_hex(4)
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_FILE).write_text(json.dumps({"wandb_id": run_id}))
     return run_id

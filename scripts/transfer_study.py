@@ -1,0 +1,193 @@
+"""Transfer study: does the backbone's pretraining matter for detection, and how much?
+
+The same detector (conf/experiment/transfer_study.yaml: FCOS + EfficientNet-Lite0 on FashionDet,
+one fixed budget) with its backbone (a) ImageNet-pretrained, (b) pretrained by this template's
+ClassificationTask on Fashion-MNIST, (c) from scratch; each over the same seeds. Steps:
+
+1. pretrain once: `scripts/train.py experiment=pretrain_fashion_mnist` (skipped with --pretrained);
+2. the multirun `scripts/train.py -m experiment=transfer_study` over variant x seed;
+3. writes transfer_study.csv / .md (mean +- std per variant), transfer_study_runs.csv (every job)
+   and transfer_study.png into the multirun directory, and prints the table.
+
+    python scripts/transfer_study.py -- extras.num_threads=2
+    python scripts/transfer_study.py --pretrained logs/pretrain_fashion_mnist/runs/<run>/checkpoints/last.ckpt
+    python scripts/transfer_study.py --sweep-dir logs/transfer_study/multiruns/<stamp>   # tabulate only
+
+Everything after `--` goes to the detection jobs as Hydra overrides; --pretrain-overrides to the
+pretraining run.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Spinning OpenMP threads starve each other on a shared, oversubscribed CPU (a 2-thread step ran
+# ~300x slower here); passive waiting costs little when the machine is free. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from detection.research import plots
+from detection.research.tables import Job, group_by, mean_std, read_multirun, write_tables
+
+VARIANTS = ("imagenet", "fashion_mnist", "scratch")
+LABELS = {
+    "imagenet": "(a) ImageNet",
+    "fashion_mnist": "(b) Fashion-MNIST (ClassificationTask)",
+    "scratch": "(c) from scratch",
+}
+SUMMARY_COLUMNS = [
+    ("variant", "backbone pretraining", ""),
+    ("n", "seeds", ""),
+    ("test_mAP", "test mAP (mean ± std)", ""),
+    ("test_mAP_50", "test mAP_50 (mean ± std)", ""),
+    ("val_mAP", "val mAP (mean ± std)", ""),
+    ("train_s", "train s / job (mean)", ".0f"),
+]
+RUN_COLUMNS = [
+    ("job", "job", ""),
+    ("variant", "variant", ""),
+    ("seed", "seed", ""),
+    ("test_mAP", "test mAP", ".4f"),
+    ("test_mAP_50", "test mAP_50", ".4f"),
+    ("val_mAP", "val mAP", ".4f"),
+    ("train_s", "train s", ".1f"),
+    ("status", "status", ""),
+]
+TRAIN = str(Path(__file__).resolve().parent / "train.py")
+
+
+def run(command: list[str]) -> None:
+    print("+ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def pretrain(out: Path, overrides: list[str]) -> Path:
+    run_dir = out / "pretrain"
+    run([sys.executable, TRAIN, "experiment=pretrain_fashion_mnist", f"hydra.run.dir={run_dir}", *overrides])
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"the pretraining run wrote no {checkpoint}")
+    return checkpoint
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    metrics, timing = job.metrics or {}, job.timing or {}
+    return {
+        "job": job.number,
+        "variant": job.get("transfer.variant"),
+        "seed": job.get("seed"),
+        "test_mAP": metrics.get("test/mAP"),
+        "test_mAP_50": metrics.get("test/mAP_50"),
+        "val_mAP": metrics.get("val/mAP"),
+        "train_s": timing.get("train_s"),
+        "train_batches": timing.get("train_batches"),
+        "train_images": timing.get("train_images"),
+        "status": "ok" if job.ok else f"failed: {job.error}",
+    }
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups = group_by([r for r in rows if r["status"] == "ok"], lambda r: r["variant"])
+    out = []
+    for variant in [*VARIANTS, *sorted(set(groups) - set(VARIANTS))]:
+        if variant not in groups:
+            continue
+        group = groups[variant]
+        row: dict[str, Any] = {"variant": LABELS.get(variant, variant), "key": variant, "n": len(group)}
+        for key in ("test_mAP", "test_mAP_50", "val_mAP"):
+            mean, std = mean_std([r[key] for r in group])
+            row[key], row[f"{key}_mean"], row[f"{key}_std"] = f"{mean:.3f} ± {std:.3f}", mean, std
+        row["train_s"] = mean_std([r["train_s"] for r in group if r["train_s"] is not None])[0]
+        row["seeds"] = sorted(r["seed"] for r in group)
+        row["values"] = {k: [r[k] for r in group] for k in ("test_mAP", "test_mAP_50")}
+        out.append(row)
+    return out
+
+
+def plot(summary: list[dict[str, Any]], path: Path, budget: str) -> Path:
+    figure = plots.new_figure(8.0, 3.8)
+    axes = figure.subplots(1, 2)
+    for ax, key, label in zip(axes, ("test_mAP", "test_mAP_50"), ("test mAP@[.5:.95]", "test mAP@0.5")):
+        for i, row in enumerate(summary):
+            colour = plots.COLOURS[i % len(plots.COLOURS)]
+            ax.bar(i, row[f"{key}_mean"], yerr=row[f"{key}_std"], color=colour, alpha=0.6, capsize=4)
+            values = row["values"][key]
+            ax.scatter(
+                [i + 0.12 * (j - (len(values) - 1) / 2) for j in range(len(values))], values, color="k", s=12
+            )
+        ax.set_xticks(range(len(summary)), labels=[r["key"] for r in summary], fontsize=8)
+        ax.set(ylabel=label, title=label)
+        ax.grid(axis="y", alpha=0.3)
+    figure.suptitle(
+        f"Backbone pretraining, FCOS on FashionDet ({budget}); bars: mean ± std, dots: seeds", fontsize=9
+    )
+    return plots.save(figure, path)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep-dir", type=Path, help="tabulate this finished multirun; launch nothing")
+    parser.add_argument("--out", type=Path, help="folder for the pretraining run and the multirun")
+    parser.add_argument("--pretrained", type=Path, help="an existing pretrain_fashion_mnist checkpoint")
+    parser.add_argument(
+        "--pretrain-overrides",
+        # one short epoch; the classifier's own warmup (50 steps) would outlast it
+        default="trainer.max_epochs=1 data.train_size=5120 model.scheduler.warmup_steps=4 "
+        "trainer.limit_val_batches=4",
+        help="Hydra overrides of the pretraining run (one string)",
+    )
+    parser.add_argument("--seeds", default="0,1,2")
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+
+    sweep_dir = args.sweep_dir
+    if sweep_dir is None:
+        log_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("paths.log_dir=")), "logs")
+        out = args.out or Path(log_dir) / "transfer_study" / time.strftime("%Y-%m-%d_%H-%M-%S_study")
+        checkpoint = args.pretrained or pretrain(out, shlex.split(args.pretrain_overrides))
+        sweep_dir = out / "multirun"
+        run(
+            [
+                sys.executable,
+                TRAIN,
+                "-m",
+                "experiment=transfer_study",
+                f"transfer.fashion_mnist_ckpt={Path(checkpoint).resolve()}",
+                f"seed={args.seeds}",
+                f"hydra.sweep.dir={sweep_dir}",
+                *overrides,
+            ]
+        )
+    rows = [job_row(job) for job in read_multirun(sweep_dir)]
+    summary = summarise(rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    budget = (
+        f"{ok[0]['train_batches']} batches / {ok[0]['train_images']} images per job"
+        if ok
+        else "no job finished"
+    )
+    write_tables(rows, RUN_COLUMNS, sweep_dir / "transfer_study_runs")
+    csv_path, md_path = write_tables(
+        summary,
+        SUMMARY_COLUMNS,
+        sweep_dir / "transfer_study",
+        f"Budget: {budget}, same for every job; seeds {sorted({r['seed'] for r in ok})}. "
+        "std = sample standard deviation over seeds.",
+    )
+    png = plot(summary, sweep_dir / "transfer_study.png", budget) if summary else None
+    print(md_path.read_text())
+    print(
+        f"Wrote {csv_path}, {md_path}, {sweep_dir / 'transfer_study_runs.csv'}" + (f", {png}" if png else "")
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Shared by the training-system tests: tiny overrides, in-process Hydra jobs, script subprocesses,
+run-directory lookups and a reader for W&B's offline `.wandb` files."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SCRIPTS = REPO / "scripts"
+TESTS = REPO / "tests"
+
+
+def tiny(data_root: Path, log_dir: Path, limits: bool = True) -> list[str]:
+    """Overrides for runs of a few seconds: small data, thin neck, random backbone, two batches
+    (`limits=False` leaves the number of batches to the config, e.g. a debug preset)."""
+    limit_overrides = [
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ]
+    return [
+        f"data.root={data_root}",
+        "data.generate.preset=small",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "data.print_summary=false",
+        f"paths.log_dir={log_dir}",
+        "model.backbone.weights=null",
+        "model.detector.neck.out_channels=32",
+        "trainer.enable_progress_bar=false",
+        "extras.num_threads=1",
+        *(limit_overrides if limits else []),
+    ]
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """W&B offline, its files and caches under tmp, never the network or the home folder."""
+    wandb_home = tmp_path / "wandb_home"
+    return {
+        "WANDB_MODE": "offline",
+        "WANDB_CONFIG_DIR": str(wandb_home / "config"),
+        "WANDB_CACHE_DIR": str(wandb_home / "cache"),
+        "WANDB_DATA_DIR": str(wandb_home / "data"),
+        "DETECTION_ROOT": str(tmp_path),
+    }
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    """`offline_env`; PYTHONPATH lets a config name a callback of this module (`helpers.<name>`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PL_")}  # no seed from an earlier test
+    env.update(
+        offline_env(tmp_path),
+        HYDRA_FULL_ERROR="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p),
+    )
+    return env
+
+
+@contextlib.contextmanager
+def isolated_environ(tmp_path: Path) -> Iterator[None]:
+    """For in-process runs: `offline_env`, and afterwards os.environ exactly as before (the pipelines
+    and Lightning set WANDB_*, PL_GLOBAL_SEED, ...)."""
+    saved = dict(os.environ)
+    os.environ.update(offline_env(tmp_path))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_script(
+    script: str,
+    overrides: Sequence[str],
+    tmp_path: Path,
+    timeout: float,
+    multirun: bool = False,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """`python scripts/<script>.py [-m] overrides...` from `tmp_path`; output kept for the assertions.
+
+    The script runs in a process group of its own: on a timeout the whole group goes (DDP ranks > 0
+    and W&B's service are its children), so a hang cannot leave processes behind.
+    """
+    command = [sys.executable, str(SCRIPTS / f"{script}.py"), *(["-m"] if multirun else []), *overrides]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(
+            f"{' '.join(command)} ran over {timeout} s and was killed\n"
+            f"--- stdout (tail)\n{stdout[-4000:]}\n--- stderr (tail)\n{stderr[-8000:]}"
+        ) from None
+    finally:
+        if process.poll() is None:  # e.g. pytest-timeout interrupted communicate()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited with {result.returncode}\n"
+            f"--- stdout (tail)\n{result.stdout[-4000:]}\n--- stderr (tail)\n{result.stderr[-8000:]}"
+        )
+    return result
+
+
+@contextlib.contextmanager
+def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[DictConfig]:
+    """Compose a config as `@hydra.main` would and set up the job around it, in this process.
+
+    Like Hydra's `run_job`: HydraConfig is set (for `${hydra:...}` and the pipelines' multirun
+    checks), `hydra.runtime.output_dir` is the created run directory, and the `hydra` node is
+    removed from the job's config. Everything is undone on exit.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from detection.utils import resolvers  # noqa: F401  (registers ${run_id:})
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        output_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).resolve()
+        output_dir.mkdir(parents=True)
+        with read_write(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.runtime.cwd = os.getcwd()
+        HydraConfig.instance().set_config(cfg)
+        job_cfg = cfg.copy()
+        with read_write(job_cfg), open_dict(job_cfg):
+            del job_cfg["hydra"]
+        yield job_cfg
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def train_in_process(overrides: Sequence[str]) -> tuple[Path, float | None]:
+    """One training job through the same wrapper as scripts/train.py; (run directory, return value)."""
+    from detection import pipelines
+    from detection.utils.job import job
+
+    with hydra_job(overrides) as cfg:
+        value = job(pipelines.train)(cfg)
+        return Path(cfg.paths.output_dir), value
+
+
+def single_run_dir(log_dir: Path, task_name: str) -> Path:
+    runs = sorted((log_dir / task_name / "runs").iterdir())
+    assert len(runs) == 1, f"expected one run directory, found {runs}"
+    return runs[0]
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    # weights_only=True on purpose: checkpoints must hold plain data only.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# The reference run several test modules read (resume, eval, predict, W&B files), trained once per session.
+_REFERENCE: dict[str, Path] = {}
+
+
+def reference_overrides(data_root: Path, log_dir: Path) -> list[str]:
+    """Faster R-CNN, two epochs of two batches, seeded. A score threshold of 0: this barely trained
+    detector's boxes are near its anchors, some of which overlap objects, so the mAP figures that
+    tests compare between runs are not all zero."""
+    return [
+        "model=faster_rcnn",
+        *tiny(data_root, log_dir),
+        "task_name=reference",
+        "seed=7",
+        "trainer.max_epochs=2",
+        "trainer.limit_test_batches=null",
+        "data.eval_batch_size=8",
+        "++model.detector.box_score_thresh=0.0",
+    ]
+
+
+def reference_run(data_root: Path, tmp_path_factory: Any) -> Path:
+    """The run directory of an uninterrupted reference training (subprocess), made once per session."""
+    if "run_dir" not in _REFERENCE:
+        base = tmp_path_factory.mktemp("reference")
+        run_script("train", reference_overrides(data_root, base / "logs"), base, timeout=300)
+        _REFERENCE["run_dir"] = single_run_dir(base / "logs", "reference")
+    return _REFERENCE["run_dir"]
+
+
+class StopAfterEpoch(L.Callback):
+    """Stop training gracefully at the end of epoch `epoch` (0-based), after its checkpoint: a run
+    interrupted at an epoch boundary, with the config of the full run."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # ModelCheckpoint runs after the other callbacks, so last.ckpt still holds this epoch.
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+# ---------------------------------------------------------------------------- W&B offline files
+_WANDB_HEADER = b":W&B"
+_BLOCK = 32768  # the LevelDB log format that W&B's transaction log (run-<id>.wandb) follows
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def wandb_records(path: Path) -> list[Any]:
+    """The `wandb.proto.wandb_internal_pb2.Record`s of an offline run's `.wandb` file.
+
+    This wandb version writes the file from its Go core and ships no Python reader (the old
+    `wandb.sdk.internal.datastore` is gone), so the framing is read here and each record is parsed
+    with wandb's own protobuf classes: 7-byte header (":W&B", magic, version), then 32 KiB blocks
+    of chunks, each `crc32 (4) | length (2, LE) | type (1) | data`.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if not data.startswith(_WANDB_HEADER):
+        raise ValueError(f"{path} is not a W&B transaction log")
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        room = _BLOCK - pos % _BLOCK
+        if room < 7:
+            pos += room  # block trailer: zero padding
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:
+            pos += room
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == _FIRST:
+            pending = chunk
+            continue
+        if kind == _MIDDLE:
+            pending += chunk
+            continue
+        if kind == _LAST:
+            chunk, pending = pending + chunk, b""
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        records.append(record)
+    return records
+
+
+def wandb_offline_runs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def wandb_run_file(offline_run: Path) -> Path:
+    (path,) = offline_run.glob("run-*.wandb")
+    return path
+
+
+def _item_key(item: Any) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def wandb_run_info(path: Path) -> dict[str, Any]:
+    """id, group, the last config (nested, as logged) and the history of every metric, from the records."""
+    info: dict[str, Any] = {"id": None, "group": None, "config": {}, "history": {}}
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            info["id"] = record.run.run_id
+            info["group"] = record.run.run_group
+            for item in record.run.config.update:
+                info["config"][_item_key(item)] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in record.config.update:
+                info["config"][_item_key(item)] = json.loads(item.value_json)
+        elif kind == "history":
+            for item in record.history.item:
+                info["history"].setdefault(_item_key(item), []).append(json.loads(item.value_json))
+    return info

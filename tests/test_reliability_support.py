@@ -1,0 +1,124 @@
+"""Shared by the tests/test_reliability_*.py files (this module holds no tests): tiny run settings,
+in-process Hydra jobs that leave os.environ as they found it, and script subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SCRIPTS = REPO / "scripts"
+
+
+def tiny_overrides(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
+    """A run of a few seconds on the `small` FashionDet preset (48/24/24 canvases)."""
+    return [
+        f"data.root={data_root}",
+        "data.generate.preset=small",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "data.print_summary=false",
+        f"paths.log_dir={log_dir}",
+        "model.backbone.weights=null",
+        "model.detector.neck.out_channels=32",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "extras.num_threads=1",
+        "extras.print_config=false",
+        "logger=csv",
+        "++callbacks.dashboards=null",  # plots after each validation: not what these tests are about
+        *extra,
+    ]
+
+
+def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a script subprocess: W&B offline with its folders under tmp_path, one
+    thread, nothing left over from in-process runs (PL_* seeds, WANDB_* modes), HYDRA_FULL_ERROR unset
+    so errors look as users see them."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PL_", "WANDB_")) and k not in ("HYDRA_FULL_ERROR", "PYTEST_CURRENT_TEST")
+    }
+    wandb_home = tmp_path / "wandb_home"
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_CONFIG_DIR=str(wandb_home / "config"),
+        WANDB_CACHE_DIR=str(wandb_home / "cache"),
+        WANDB_DATA_DIR=str(wandb_home / "data"),
+        WANDB_DIR=str(wandb_home / "dir"),
+        OMP_NUM_THREADS="1",
+        **extra,
+    )
+    return env
+
+
+def script(name: str) -> list[str]:
+    return [sys.executable, str(SCRIPTS / f"{name}.py")]
+
+
+def run_script(
+    name: str, overrides: Sequence[str], tmp_path: Path, timeout: float, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*script(name), *overrides],
+        cwd=tmp_path,
+        env=run_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[DictConfig]:
+    """Compose and set up a job in this process as `@hydra.main` would. An existing run directory
+    (`hydra.run.dir=...`) is reused, as when SLURM requeues a job. os.environ is restored after."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from detection.utils import resolvers  # noqa: F401  (registers ${run_id:})
+
+    saved_environ = dict(os.environ)
+    os.environ["WANDB_MODE"] = "offline"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    try:
+        HydraConfig.instance().set_config(cfg)
+        output_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).resolve()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with read_write(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.runtime.cwd = os.getcwd()
+        HydraConfig.instance().set_config(cfg)
+        job_cfg = cfg.copy()
+        with read_write(job_cfg), open_dict(job_cfg):
+            del job_cfg["hydra"]
+        yield job_cfg
+    finally:
+        HydraConfig.instance().cfg = None
+        os.environ.clear()
+        os.environ.update(saved_environ)
+
+
+def train_here(overrides: Sequence[str]) -> Path:
+    """scripts/train.py's job, in this process; returns the run directory."""
+    from detection import pipelines
+    from detection.utils.job import job
+
+    with hydra_job(overrides) as cfg:
+        job(pipelines.train)(cfg)
+        return Path(cfg.paths.output_dir)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)

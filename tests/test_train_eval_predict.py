@@ -1,0 +1,152 @@
+"""After training: `scripts/eval.py` repeats the training run's test, `scripts/predict.py` writes boxes
+and drawn images, and a checkpoint loads and predicts in plain Python, without Hydra."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import read_metrics, reference_run, run_script, single_run_dir, subprocess_env
+from PIL import Image
+
+from detection.data import FASHION_MNIST_CLASSES
+
+
+def _script_overrides(data_root: Path, log_dir: Path) -> list[str]:
+    return [
+        f"data.root={data_root}",
+        "data.generate.preset=small",
+        "data.eval_batch_size=8",
+        "data.print_summary=false",
+        f"paths.log_dir={log_dir}",
+        "trainer.enable_progress_bar=false",
+        "extras.num_threads=1",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_eval_repeats_the_training_test(
+    fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    reference = reference_run(fashiondet_small_root, tmp_path_factory)
+    trained = read_metrics(reference)
+    tmp_path = tmp_path_factory.mktemp("eval")
+    checkpoint = trained["best_checkpoint"]
+    run_script(
+        "eval",
+        [f"ckpt_path={checkpoint}", *_script_overrides(fashiondet_small_root, tmp_path / "logs")],
+        tmp_path,
+        timeout=300,
+    )
+    evaluated = read_metrics(single_run_dir(tmp_path / "logs", "eval"))
+    assert evaluated["checkpoint"] == checkpoint
+    test_names = sorted(k for k in trained if k.startswith("test/"))
+    assert "test/mAP" in test_names and "test/AP/Sandal" in test_names
+    assert sorted(k for k in evaluated if k.startswith("test/")) == test_names
+    assert trained["test/mAR_100"] > 0  # some boxes match: the comparison below is not of zeros only
+    for name in test_names:
+        assert math.isclose(evaluated[name], trained[name], rel_tol=0, abs_tol=1e-6), name
+
+
+@pytest.fixture(scope="module")
+def predicted(fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(input folder, predict run directory): three test canvases and a wider image of another size."""
+    reference = reference_run(fashiondet_small_root, tmp_path_factory)
+    tmp_path = tmp_path_factory.mktemp("predict")
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    for source in sorted((fashiondet_small_root / "test").iterdir())[:3]:
+        shutil.copy(source, inputs / f"{source.stem}.png")
+    Image.open(next((fashiondet_small_root / "val").iterdir())).convert("RGB").resize((150, 100)).save(
+        inputs / "wide.png"
+    )
+    run_script(
+        "predict",
+        [
+            f"ckpt_path={reference}",  # a run directory: its checkpoints/last.ckpt
+            f"input_dir={inputs}",
+            "score_thresh=0.0",
+            *_script_overrides(fashiondet_small_root, tmp_path / "logs"),
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    return inputs, single_run_dir(tmp_path / "logs", "predict")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_predict_writes_boxes_json_and_drawn_images(predicted: tuple[Path, Path]) -> None:
+    inputs, run_dir = predicted
+    records = json.loads((run_dir / "predictions.json").read_text())
+    assert sorted(Path(r["image"]).name for r in records) == sorted(p.name for p in inputs.iterdir())
+    for record in records:
+        source = Image.open(record["image"])
+        width, height = source.size
+        assert record["detections"], record["image"]
+        for det in record["detections"]:
+            x0, y0, x1, y1 = det["box_xyxy"]
+            assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height  # in the input's own pixels
+            assert 0.0 <= det["score"] <= 1.0
+            assert FASHION_MNIST_CLASSES[det["label"]] == det["class_name"]
+        drawn = Image.open(run_dir / "predictions" / f"{Path(record['image']).stem}.png").convert("RGB")
+        assert drawn.size == source.size
+        assert drawn.tobytes() != source.convert("RGB").tobytes()  # boxes were drawn
+
+
+_LOAD_AND_PREDICT = """
+import json, sys
+import torch
+from torchvision.io import decode_image
+from hydra.core.hydra_config import HydraConfig
+from detection.tasks import DetectionTask
+
+task = DetectionTask.load_from_checkpoint(sys.argv[1], map_location="cpu")
+assert not HydraConfig.initialized()
+task.eval()
+image = decode_image(sys.argv[2], mode="RGB").float() / 255
+with torch.no_grad():
+    (out,) = task([image])
+print(json.dumps({
+    "class_names": task.class_names,
+    "boxes": out["boxes"].tolist(), "scores": out["scores"].tolist(), "labels": out["labels"].tolist(),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_checkpoint_loads_and_predicts_without_hydra(
+    fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory, predicted: tuple[Path, Path]
+) -> None:
+    reference = reference_run(fashiondet_small_root, tmp_path_factory)
+    inputs, run_dir = predicted
+    # a canvas, not wide.png: padded to its batch's size in predict, alone here, it would see other borders
+    image = sorted(inputs.glob("*.png"))[0]
+    assert image.name != "wide.png"
+    tmp_path = tmp_path_factory.mktemp("load")
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_PREDICT, str(reference / "checkpoints" / "last.ckpt"), str(image)],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["class_names"] == list(FASHION_MNIST_CLASSES)
+    assert len(out["boxes"]) == len(out["scores"]) == len(out["labels"]) > 0
+    # the same detections as scripts/predict.py made from the same checkpoint and image
+    (record,) = [
+        r for r in json.loads((run_dir / "predictions.json").read_text()) if r["image"] == str(image)
+    ]
+    assert [d["label"] for d in record["detections"]] == out["labels"]
+    assert [d["score"] for d in record["detections"]] == [round(s, 4) for s in out["scores"]]
+    assert [d["box_xyxy"] for d in record["detections"]] == [[round(v, 2) for v in b] for b in out["boxes"]]

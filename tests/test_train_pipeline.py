@@ -1,0 +1,191 @@
+"""Training runs in-process through the composed config, as `scripts/train.py` would run them:
+every experiment, every debug preset, two validations per epoch, the config tree, run directories."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from helpers import (
+    CONF_DIR,
+    csv_rows,
+    isolated_environ,
+    read_metrics,
+    single_run_dir,
+    tiny,
+    train_in_process,
+)
+from omegaconf import OmegaConf
+
+DETECTION_EXPERIMENTS = [
+    "fashiondet_fcos",
+    "fashiondet_retinanet",
+    "fashiondet_faster_rcnn",
+    "fashiondet_light_head_rcnn",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline(tmp_path: Path) -> Iterator[None]:
+    with isolated_environ(tmp_path):
+        yield
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
+
+
+@pytest.mark.parametrize("experiment", DETECTION_EXPERIMENTS)
+def test_fast_dev_run_detection_experiment(
+    experiment: str, fashiondet_small_root: Path, tmp_path: Path
+) -> None:
+    run_dir, value = train_in_process(
+        [
+            f"experiment={experiment}",
+            *tiny(fashiondet_small_root, tmp_path / "logs"),
+            "trainer.fast_dev_run=true",
+            "logger=csv",
+        ]
+    )
+    assert run_dir.parent.parent.name == experiment  # task_name of the experiment
+    metrics = read_metrics(run_dir)
+    assert metrics["global_step"] == 1
+    for name in ("train/loss", "val/mAP", "test/mAP", "test/mAP_50", "test/mAR_100", "test/AP/Sandal"):
+        assert math.isfinite(metrics[name]), name
+    assert value == metrics["val/mAP"]  # what a sweeper gets back
+    assert _checkpoints(run_dir) == []  # fast_dev_run writes none
+
+
+def test_fast_dev_run_pretraining_experiment(tmp_path: Path) -> None:
+    run_dir, value = train_in_process(
+        [
+            "experiment=pretrain_fashion_mnist",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "data.train_size=64",
+            "data.val_size=32",
+            "data.test_size=32",
+            "data.image_size=32",
+            "data.batch_size=16",
+            "data.eval_batch_size=16",
+            "trainer.fast_dev_run=true",
+            "trainer.enable_progress_bar=false",
+            "extras.num_threads=1",
+            "logger=csv",
+        ]
+    )
+    metrics = read_metrics(run_dir)
+    assert metrics["global_step"] == 1
+    assert 0.0 <= metrics["val/acc"] <= 1.0 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert value == metrics["val/acc"]  # optimized_metric of the experiment
+
+
+def test_two_validations_per_epoch(fashiondet_small_root: Path, tmp_path: Path) -> None:
+    run_dir, _ = train_in_process(
+        [
+            *tiny(fashiondet_small_root, tmp_path / "logs"),
+            "trainer.max_epochs=1",
+            "trainer.val_check_interval=0.5",
+            "test=false",
+            "logger=csv",
+        ]
+    )
+    val_rows = [row for row in csv_rows(run_dir) if row.get("val/mAP")]
+    assert [row["epoch"] for row in val_rows] == ["0", "0"]
+    assert [int(row["step"]) for row in val_rows] == [0, 1]  # after the first and the second batch
+    assert {p.name for p in _checkpoints(run_dir)} >= {"last.ckpt"}
+
+
+def test_debug_fdr_prints_and_saves_the_config_tree(
+    fashiondet_small_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_dir = tmp_path / "logs"
+    train_in_process(["debug=fdr", *tiny(fashiondet_small_root, log_dir, limits=False)])
+    run_dir = single_run_dir(log_dir, "debug")
+    assert read_metrics(run_dir)["global_step"] == 1
+    printed = capsys.readouterr().out
+    saved = (run_dir / "config_tree.log").read_text()
+    for text in (printed, saved):
+        assert "CONFIG" in text
+        for group in ("data", "model", "callbacks", "logger", "trainer", "paths"):
+            assert re.search(rf"[├└]── {group}\b", text), group
+        assert "fast_dev_run: true" in text and "output_dir: " in text
+        assert "${" not in text  # resolved
+
+
+def test_debug_limit(fashiondet_small_root: Path, tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    train_in_process(["debug=limit", *tiny(fashiondet_small_root, log_dir, limits=False), "logger=csv"])
+    run_dir = single_run_dir(log_dir, "debug")
+    metrics = read_metrics(run_dir)
+    assert (metrics["epochs"], metrics["global_step"]) == (2, 6)  # 2 epochs x limit_train_batches=3
+    assert len([row for row in csv_rows(run_dir) if row.get("val/mAP")]) == 2
+    assert {p.name for p in _checkpoints(run_dir)} == {"last.ckpt", Path(metrics["best_checkpoint"]).name}
+
+
+def test_debug_overfit_learns_one_batch(fashiondet_small_root: Path, tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    train_in_process(
+        [
+            "debug=overfit",
+            *tiny(fashiondet_small_root, log_dir, limits=False),
+            "trainer.max_epochs=10",  # the preset's 20 take 10 s more; the loss falls from the start
+            "trainer.log_every_n_steps=1",
+            "test=false",
+            "logger=csv",
+        ]
+    )
+    run_dir = single_run_dir(log_dir, "debug")
+    rows = csv_rows(run_dir)
+    losses = [float(row["train/loss"]) for row in rows if row.get("train/loss")]
+    assert len(losses) == 10  # overfit_batches=1: one step per epoch
+    assert sum(losses[-3:]) / 3 < 0.9 * losses[0]
+    assert [row["epoch"] for row in rows if row.get("val/mAP")] == ["4", "9"]  # check_val_every_n_epoch=5
+
+
+def test_debug_profiler_writes_its_report(fashiondet_small_root: Path, tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    train_in_process(
+        [
+            "debug=profiler",
+            *tiny(fashiondet_small_root, log_dir, limits=False),
+            "trainer.limit_train_batches=2",
+            "logger=csv",
+        ]
+    )
+    run_dir = single_run_dir(log_dir, "debug")
+    reports = sorted(run_dir.glob("*profile*.txt"))
+    assert reports, f"no profiler report in {sorted(p.name for p in run_dir.iterdir())}"
+    fit_report = next(p for p in reports if p.name.startswith("fit"))
+    assert "run_training_epoch" in fit_report.read_text()
+
+
+def test_run_directories_are_unique_within_the_same_second(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.utils import setup_globals
+
+    from detection.utils import resolvers  # noqa: F401  (registers ${run_id:})
+
+    same_second = datetime(2026, 1, 2, 3, 4, 5)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # every run below starts in the same second (Hydra's ${now:} is put back afterwards)
+        OmegaConf.register_new_resolver("now", same_second.strftime, replace=True)
+        try:
+            configs = [
+                compose("train", [f"paths.log_dir={tmp_path}"], return_hydra_config=True) for _ in range(5)
+            ]
+            run_dirs = [OmegaConf.select(cfg, "hydra.run.dir") for cfg in configs]
+            sweep_dirs = [OmegaConf.select(cfg, "hydra.sweep.dir") for cfg in configs]
+            # resolved once per run: the run directory and the .hydra files always agree
+            assert [OmegaConf.select(cfg, "hydra.run.dir") for cfg in configs] == run_dirs
+        finally:
+            setup_globals()
+    assert len(set(run_dirs)) == len(set(sweep_dirs)) == 5
+    for run_dir in run_dirs:
+        assert Path(run_dir).parent == tmp_path / "fashiondet" / "runs"
+        assert re.fullmatch(r"2026-01-02_03-04-05_[0-9a-f]{6}", Path(run_dir).name), run_dir
+    for sweep_dir in sweep_dirs:
+        assert Path(sweep_dir).parent == tmp_path / "fashiondet" / "multiruns"

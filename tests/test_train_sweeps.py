@@ -1,0 +1,147 @@
+"""Hydra multiruns of scripts/train.py: a sweep over learning rates that outlives a failing job, an
+Optuna study kept in its storage file, and a sweep of DDP jobs; one W&B run per job, grouped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import (
+    read_metrics,
+    run_script,
+    tiny,
+    wandb_offline_runs,
+    wandb_records,
+    wandb_run_file,
+    wandb_run_info,
+)
+from omegaconf import OmegaConf
+
+SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "test=false"]
+
+
+def _single_sweep_dir(log_dir: Path, task_name: str) -> Path:
+    assert sorted(p.name for p in (log_dir / task_name).iterdir()) == ["multiruns"]  # no single runs
+    (sweep_dir,) = (log_dir / task_name / "multiruns").iterdir()
+    return sweep_dir
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+
+
+def _job_wandb(job_dir: Path) -> dict:
+    (offline_run,) = wandb_offline_runs(job_dir)
+    path = wandb_run_file(offline_run)
+    info = wandb_run_info(path)
+    assert info["id"] == json.loads((job_dir / "run.json").read_text())["wandb_id"]
+    assert [r.WhichOneof("record_type") for r in wandb_records(path)][-1] == "exit"  # finished
+    return info
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sweep_over_learning_rates_goes_on_after_a_failing_job(
+    fashiondet_small_root: Path, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "logs"
+    result = run_script(
+        "train",
+        [
+            *tiny(fashiondet_small_root, log_dir),
+            *SHORT,
+            "task_name=lr_sweep",
+            "model.optimizer.lr=0.001,-1,0.002",  # the second is invalid: AdamW refuses it
+        ],
+        tmp_path,
+        timeout=500,
+        multirun=True,
+    )
+    sweep_dir = _single_sweep_dir(log_dir, "lr_sweep")
+    jobs = _job_dirs(sweep_dir)
+    assert [p.name for p in jobs] == ["0", "1", "2"]
+    for job_dir, lr in ((jobs[0], 0.001), (jobs[2], 0.002)):
+        assert OmegaConf.load(job_dir / ".hydra" / "config.yaml").model.optimizer.lr == lr
+        assert read_metrics(job_dir)["global_step"] == 1
+        assert not (job_dir / "error.txt").exists()
+    failed = jobs[1]
+    assert not (failed / "metrics.json").exists()
+    assert "Invalid learning rate: -1" in (failed / "error.txt").read_text()
+    assert "Job 1 failed: ValueError: Invalid learning rate: -1" in result.stdout + result.stderr
+
+    # each job its own finished W&B run (the failed one too), all in the group named after the sweep
+    infos = [_job_wandb(job_dir) for job_dir in jobs]
+    assert len({info["id"] for info in infos}) == 3
+    assert {info["group"] for info in infos} == {sweep_dir.name}
+    assert infos[0]["config"]["model"]["optimizer"]["lr"] == 0.001
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_optuna_sweep_keeps_its_study_in_a_storage_file(fashiondet_small_root: Path, tmp_path: Path) -> None:
+    import optuna
+
+    log_dir = tmp_path / "logs"
+    overrides = [
+        *tiny(fashiondet_small_root, log_dir),
+        *SHORT,
+        "hparams_search=fashiondet_optuna",
+        "logger=csv",
+    ]
+    result = run_script(
+        "train", [*overrides, "hydra.sweeper.n_trials=3"], tmp_path, timeout=500, multirun=True
+    )
+    storage = log_dir / "optuna" / "fashiondet.db"
+    assert storage.is_file()
+    study = optuna.load_study(study_name="fashiondet", storage=f"sqlite:///{storage}")
+    trials = study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    sweep_dir = _single_sweep_dir(log_dir, "fashiondet_optuna")
+    for trial, job_dir in zip(trials, _job_dirs(sweep_dir), strict=True):
+        assert 0.0003 <= trial.params["model.optimizer.lr"] <= 0.005
+        job_config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+        assert job_config.model.optimizer.lr == trial.params["model.optimizer.lr"]
+        assert trial.value == read_metrics(job_dir)["val/mAP"]  # what train() returned
+    assert (sweep_dir / "optimization_results.yaml").is_file()
+    assert "Best value" in result.stdout + result.stderr
+
+    # the same command again continues the study instead of starting a new one
+    run_script("train", [*overrides, "hydra.sweeper.n_trials=1"], tmp_path, timeout=300, multirun=True)
+    study = optuna.load_study(study_name="fashiondet", storage=f"sqlite:///{storage}")
+    assert len(study.trials) == 4 and [t.number for t in study.trials] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sweep_of_ddp_jobs(fashiondet_small_root: Path, tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    result = run_script(
+        "train",
+        [
+            *tiny(fashiondet_small_root, log_dir),
+            *SHORT,
+            "task_name=ddp_sweep",
+            "trainer=ddp_cpu",
+            "model.optimizer.lr=0.001,0.002",
+        ],
+        tmp_path,
+        timeout=550,
+        multirun=True,
+    )
+    output = result.stdout + result.stderr
+    # rank 1 of each job ran that job only: no second sweep, no run directories of its own
+    assert output.count("Launching 2 jobs locally") == 1
+    assert output.count("MEMBER: 2/2") == 2
+    sweep_dir = _single_sweep_dir(log_dir, "ddp_sweep")
+    jobs = _job_dirs(sweep_dir)
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job_dir, lr in zip(jobs, (0.001, 0.002), strict=True):
+        assert read_metrics(job_dir)["run_dir"] == str(job_dir)
+        assert (job_dir / "train_ddp_process_1.log").read_text()
+        assert (job_dir / "checkpoints" / "last.ckpt").is_file()
+        assert OmegaConf.load(job_dir / ".hydra" / "config.yaml").model.optimizer.lr == lr
+    infos = [_job_wandb(job_dir) for job_dir in jobs]  # one W&B run per job, finished
+    assert infos[0]["id"] != infos[1]["id"]
+    assert {info["group"] for info in infos} == {sweep_dir.name}
