@@ -77,13 +77,15 @@ def test_kill9_during_writes_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.stdout is not None
-    for line in proc.stdout:  # wait until a few 64 MB checkpoints went through, then kill mid-write
+    for line in proc.stdout:  # a few 64 MB checkpoints go through first
         if line.strip() == "writing 3":
             break
-    time.sleep(0.02)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".last.ckpt.*.tmp")):  # that write has begun: kill it part way
+        assert time.monotonic() < deadline, "the third write never began"
+        time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "killed before a write began"
 
     checkpoint = torch.load(path, weights_only=True)  # whole: an old or a new version, never half
     assert checkpoint["version"] >= 1 and torch.all(checkpoint["w"] == checkpoint["version"])

@@ -88,8 +88,9 @@ def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[
 
     from detection.utils import resolvers  # noqa: F401  (registers ${run_id:})
 
-    saved_environ = dict(os.environ)
+    saved_environ, saved_threads = dict(os.environ), torch.get_num_threads()
     os.environ["WANDB_MODE"] = "offline"
+    torch.set_num_threads(1)  # the machine's 2 cores are shared; extras.num_threads only acts in job()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     try:
@@ -108,6 +109,7 @@ def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[
         HydraConfig.instance().cfg = None
         os.environ.clear()
         os.environ.update(saved_environ)
+        torch.set_num_threads(saved_threads)
 
 
 def train_here(overrides: Sequence[str]) -> Path:

@@ -1,12 +1,26 @@
-"""`trainer=ddp_cpu`: two processes (gloo) that write into one run directory and one W&B run."""
+"""`trainer=ddp_cpu`: two processes (gloo) that write into one run directory and one W&B run; the
+launch of ranks > 0 pinned to their Hydra job; nothing of a job's process group left for the next."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import load_checkpoint, read_metrics, run_script, single_run_dir, tiny, wandb_offline_runs
+from helpers import (
+    CONF_DIR,
+    hydra_job,
+    isolated_environ,
+    load_checkpoint,
+    read_metrics,
+    run_script,
+    single_run_dir,
+    tiny,
+    wandb_offline_runs,
+)
+from omegaconf import read_write
 
 
 @pytest.mark.slow
@@ -33,3 +47,50 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     # one W&B run, whose id run.json keeps for a resume
     (offline_run,) = wandb_offline_runs(run_dir)
     assert offline_run.name.endswith("-" + json.loads((run_dir / "run.json").read_text())["wandb_id"])
+
+
+def test_ranks_above_zero_are_pinned_to_their_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Lightning starts for rank 1 inside a multirun (here an Optuna one, whose config asks for
+    MULTIRUN): this job's overrides in this job's directory, as a single run, never the sweep again."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.strategies.launchers.subprocess_script import _hydra_subprocess_cmd
+
+    from detection.utils.hydra_launch import MULTIRUN_JOB_ENV, job_processes
+
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hparams_search=fashiondet_optuna", "seed=1,2"])
+    job_overrides = ["hparams_search=fashiondet_optuna", f"paths.log_dir={tmp_path}", "seed=2"]
+    with isolated_environ(tmp_path), hydra_job(job_overrides):
+        with read_write(HydraConfig.get()):
+            HydraConfig.get().mode = RunMode.MULTIRUN
+            HydraConfig.get().overrides.task = job_overrides
+        output_dir = HydraConfig.get().runtime.output_dir
+        with job_processes():
+            command, _ = _hydra_subprocess_cmd(local_rank=1)
+            assert os.environ[MULTIRUN_JOB_ENV] == output_dir
+        assert sys.argv == ["train.py", "-m", "hparams_search=fashiondet_optuna", "seed=1,2"]
+        assert MULTIRUN_JOB_ENV not in os.environ
+    # the interpreter part of the command depends on how this process was started (python -m pytest)
+    arguments = command[command.index(job_overrides[0]) :]
+    assert arguments[:3] == job_overrides and "-m" not in arguments and "seed=1,2" not in arguments
+    assert f'hydra.run.dir="{output_dir}"' in arguments and "hydra.mode=RUN" in arguments
+    child_overrides = [o.replace('"', "") for o in arguments]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        child = compose("train", child_overrides, return_hydra_config=True)
+    assert child.hydra.mode == RunMode.RUN and child.hydra.run.dir == output_dir
+
+
+def test_job_processes_ends_the_process_group_and_launcher_environment(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    from detection.utils.hydra_launch import job_processes
+
+    with isolated_environ(tmp_path):
+        os.environ.pop("LOCAL_RANK", None)
+        with job_processes():
+            # what Lightning's launcher leaves behind in the launching process
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29555", LOCAL_RANK="0", WORLD_SIZE="2")
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+        assert not dist.is_initialized()
+        assert "LOCAL_RANK" not in os.environ and "MASTER_PORT" not in os.environ

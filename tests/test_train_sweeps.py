@@ -115,7 +115,7 @@ def test_optuna_sweep_keeps_its_study_in_a_storage_file(fashiondet_small_root: P
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_sweep_of_ddp_jobs(fashiondet_small_root: Path, tmp_path: Path) -> None:
+def test_sweep_of_ddp_jobs_goes_on_after_a_failing_job(fashiondet_small_root: Path, tmp_path: Path) -> None:
     log_dir = tmp_path / "logs"
     result = run_script(
         "train",
@@ -124,7 +124,7 @@ def test_sweep_of_ddp_jobs(fashiondet_small_root: Path, tmp_path: Path) -> None:
             *SHORT,
             "task_name=ddp_sweep",
             "trainer=ddp_cpu",
-            "model.optimizer.lr=0.001,0.002",
+            "model.optimizer.lr=0.001,-1,0.002",  # the second fails on both ranks
         ],
         tmp_path,
         timeout=550,
@@ -132,16 +132,19 @@ def test_sweep_of_ddp_jobs(fashiondet_small_root: Path, tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     # rank 1 of each job ran that job only: no second sweep, no run directories of its own
-    assert output.count("Launching 2 jobs locally") == 1
-    assert output.count("MEMBER: 2/2") == 2
+    assert output.count("Launching 3 jobs locally") == 1
+    assert output.count("MEMBER: 2/2") == 3  # every job, the one after the failure too, had two ranks
     sweep_dir = _single_sweep_dir(log_dir, "ddp_sweep")
     jobs = _job_dirs(sweep_dir)
-    assert [p.name for p in jobs] == ["0", "1"]
-    for job_dir, lr in zip(jobs, (0.001, 0.002), strict=True):
+    assert [p.name for p in jobs] == ["0", "1", "2"]
+    for job_dir, lr in ((jobs[0], 0.001), (jobs[2], 0.002)):
         assert read_metrics(job_dir)["run_dir"] == str(job_dir)
         assert (job_dir / "train_ddp_process_1.log").read_text()
         assert (job_dir / "checkpoints" / "last.ckpt").is_file()
         assert OmegaConf.load(job_dir / ".hydra" / "config.yaml").model.optimizer.lr == lr
+    # the failing job: reported by both ranks, and rank 1 ended without taking the sweep down
+    assert "Invalid learning rate: -1" in (jobs[1] / "error.txt").read_text()
+    assert "Invalid learning rate: -1" in (jobs[1] / "error_rank1.txt").read_text()
     infos = [_job_wandb(job_dir) for job_dir in jobs]  # one W&B run per job, finished
-    assert infos[0]["id"] != infos[1]["id"]
+    assert len({info["id"] for info in infos}) == 3
     assert {info["group"] for info in infos} == {sweep_dir.name}

@@ -18,7 +18,8 @@ _FIRST = ("data", "model", "callbacks", "logger", "trainer", "paths", "extras")
 
 @rank_zero_only
 def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, resolve: bool = True) -> None:
-    """Print the composed config as a tree, main groups first; save the same text to `save_to`."""
+    """Print the composed config as a tree, main groups first (unless extras.print_config=false);
+    always save the same text to `save_to`."""
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     keys = [k for k in _FIRST if k in cfg] + [k for k in cfg if k not in _FIRST]
     for key in keys:
@@ -26,7 +27,8 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, resolv
         node = cfg[key]
         text = OmegaConf.to_yaml(node, resolve=resolve) if isinstance(node, DictConfig) else str(node)
         branch.add(rich.syntax.Syntax(text, "yaml"))
-    rich.print(tree)
+    if (cfg.get("extras") or {}).get("print_config", True):
+        rich.print(tree)
     if save_to is not None:
         with open(save_to, "w") as file:
             rich.print(tree, file=file)
