@@ -46,7 +46,26 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     assert Path(metrics["best_checkpoint"]).parent == run_dir / "checkpoints"
     # one W&B run, whose id run.json keeps for a resume
     (offline_run,) = wandb_offline_runs(run_dir)
-    assert offline_run.name.endswith("-" + json.loads((run_dir / "run.json").read_text())["wandb_id"])
+    wandb_id = json.loads((run_dir / "run.json").read_text())["wandb_id"]
+    assert offline_run.name.endswith("-" + wandb_id)
+
+    # resume under DDP: both ranks find the same last.ckpt, counters go on, the W&B run continues
+    run_script(
+        "train",
+        [
+            *tiny(fashiondet_small_root, log_dir),
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=2",
+            "task_name=ddp",
+            "ckpt_path=last",
+        ],
+        tmp_path,
+        timeout=500,
+    )
+    (resumed_dir,) = [d for d in (log_dir / "ddp" / "runs").iterdir() if d != run_dir]
+    resumed = read_metrics(resumed_dir)
+    assert resumed["global_step"] == 4 and resumed["epochs"] == 2
+    assert json.loads((resumed_dir / "run.json").read_text())["wandb_id"] == wandb_id
 
 
 def test_ranks_above_zero_are_pinned_to_their_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
