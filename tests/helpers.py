@@ -147,7 +147,9 @@ def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[
     HydraConfig.instance().set_config(cfg)
     try:
         output_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).resolve()
-        output_dir.mkdir(parents=True)
+        output_dir.mkdir(
+            parents=True, exist_ok=True
+        )  # an existing run.dir is reused, as a SLURM requeue does
         with read_write(cfg.hydra.runtime):
             cfg.hydra.runtime.output_dir = str(output_dir)
             cfg.hydra.runtime.cwd = os.getcwd()

@@ -11,8 +11,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import helpers
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -81,32 +82,15 @@ def run_script(
 
 @contextlib.contextmanager
 def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[DictConfig]:
-    """Compose and set up a job in this process as `@hydra.main` would. An existing run directory
-    (`hydra.run.dir=...`) is reused, as when SLURM requeues a job. os.environ is restored after."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    from detection.utils import resolvers  # noqa: F401  (registers ${run_id:})
-
+    """`helpers.hydra_job` with W&B offline and one torch thread; os.environ and the thread count are
+    restored after. An existing run directory (`hydra.run.dir=...`) is reused, as when SLURM requeues."""
     saved_environ, saved_threads = dict(os.environ), torch.get_num_threads()
     os.environ["WANDB_MODE"] = "offline"
     torch.set_num_threads(1)  # the machine's 2 cores are shared; extras.num_threads only acts in job()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     try:
-        HydraConfig.instance().set_config(cfg)
-        output_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).resolve()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with read_write(cfg.hydra.runtime):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.hydra.runtime.cwd = os.getcwd()
-        HydraConfig.instance().set_config(cfg)
-        job_cfg = cfg.copy()
-        with read_write(job_cfg), open_dict(job_cfg):
-            del job_cfg["hydra"]
-        yield job_cfg
+        with helpers.hydra_job(overrides, config_name) as cfg:
+            yield cfg
     finally:
-        HydraConfig.instance().cfg = None
         os.environ.clear()
         os.environ.update(saved_environ)
         torch.set_num_threads(saved_threads)
