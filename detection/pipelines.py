@@ -14,12 +14,19 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, open_dict
 
-from detection.utils import console
-from detection.utils.checkpoints import resolve_ckpt_path, run_dir_of
-from detection.utils.hydra_launch import job_processes
-from detection.utils.instantiate import instantiate_group
-from detection.utils.loggers import build_loggers, finish_loggers, log_config
-from detection.utils.requeue import requeued_checkpoint
+from detection.runtime.checkpoints import requeued_checkpoint, resolve_ckpt_path, run_dir_of
+from detection.runtime.launch import job_processes
+from detection.runtime.logging import (
+    build_loggers,
+    finish_loggers,
+    instantiate_group,
+    log_config,
+    print_config_tree,
+    print_metrics_table,
+    select_metrics,
+)
+from detection.training.callbacks import LoaderStateCallback
+from detection.training.predictions import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +37,17 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
-    console.print_config_tree(cfg, save_to=run_dir / "config_tree.log")
+    print_config_tree(cfg, save_to=run_dir / "config_tree.log")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, exclude=run_dir)
     ckpt_path = requeued_checkpoint(run_dir) or ckpt_path
 
     # plain containers, not DictConfig, in the data module's hyper-parameters: they go into the
     # checkpoint, which must load with torch.load(weights_only=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    task: L.LightningModule = hydra.utils.instantiate(cfg.model.task, _recursive_=False)
-    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    # the task's arguments are plain data (specs, not configs): they go into its checkpoint
+    task: L.LightningModule = hydra.utils.instantiate(cfg.model.task, _convert_="all")
+    # the resumable training loader needs its state handed over on resume: always together
+    callbacks = [*instantiate_group(cfg.get("callbacks"), "callback"), LoaderStateCallback()]
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress bar callback with the bar switched off; the switch wins.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -53,15 +62,15 @@ def train(cfg: DictConfig) -> float | None:
         try:
             if cfg.get("train", True):
                 trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics = console.select(trainer.callback_metrics, ["val/", "train/"])
+            metrics = select_metrics(trainer.callback_metrics, ["val/", "train/"])
             if cfg.get("test", True):
                 best = _best_checkpoint(trainer)
                 trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
-                metrics.update(console.select(trainer.callback_metrics, ["test/"]))
+                metrics.update(select_metrics(trainer.callback_metrics, ["test/"]))
             summary = _summary(trainer, metrics, run_dir, started)
             if trainer.is_global_zero:
                 (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-                console.print_metrics_table(
+                print_metrics_table(
                     {k: v for k, v in metrics.items() if "/AP/" not in k and not k.startswith("train/")},
                     run_dir,
                 )
@@ -77,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
-    console.print_config_tree(cfg, save_to=run_dir / "config_tree.log")
+    print_config_tree(cfg, save_to=run_dir / "config_tree.log")
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name, exclude=run_dir)
     task_class = hydra.utils.get_class(cfg.task_class)
     task = task_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
@@ -87,11 +96,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
         try:
             trainer.test(task, datamodule=datamodule)
-            metrics = console.select(trainer.callback_metrics, ["test/"])
+            metrics = select_metrics(trainer.callback_metrics, ["test/"])
             if trainer.is_global_zero:
                 summary = {"checkpoint": ckpt_path, **metrics}
                 (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-                console.print_metrics_table({k: v for k, v in metrics.items() if "/AP/" not in k}, run_dir)
+                print_metrics_table({k: v for k, v in metrics.items() if "/AP/" not in k}, run_dir)
         finally:
             finish_loggers(loggers)
     return metrics
@@ -99,8 +108,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 def predict(cfg: DictConfig) -> Path:
     """Checkpoint + folder of images -> <run dir>/predictions.json and images with boxes drawn."""
-    from detection.utils.drawing import write_predictions
-
     if not cfg.get("ckpt_path"):
         raise ValueError("predict needs ckpt_path=<checkpoint file | run directory | last>")
     run_dir = Path(cfg.paths.output_dir)

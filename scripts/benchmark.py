@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from detection.research import plots
 from detection.research.runs import checkpoint_of, data_root, load_detector, split_images, weights_label
 from detection.research.tables import Job, read_multirun, write_tables
 from detection.research.timing import count_parameters, latency_ms_per_image
+from detection.training import figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_heads import _timings as rcnn_timings  # noqa: E402  (scripts/ is not a package)
@@ -162,25 +162,29 @@ def pair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, budget: str) -> Path:
-    figure = plots.new_figure(7.0, 4.8)
+    figure = figures.new_figure(7.0, 4.8)
     ax = figure.add_subplot()
     heads = sorted({r["head"] for r in rows})
     backbones = sorted({(r["backbone"], r["weights"]) for r in rows})
     for r in rows:
         if r.get("infer_ms") is None or r.get("test_mAP") is None:
             continue
-        colour = plots.COLOURS[backbones.index((r["backbone"], r["weights"])) % len(plots.COLOURS)]
-        marker = plots.MARKERS[heads.index(r["head"]) % len(plots.MARKERS)]
+        colour = figures.COLOURS[backbones.index((r["backbone"], r["weights"])) % len(figures.COLOURS)]
+        marker = figures.MARKERS[heads.index(r["head"]) % len(figures.MARKERS)]
         ax.scatter(r["infer_ms"], r["test_mAP"], color=colour, marker=marker, s=60)
         ax.annotate(
             r["head"], (r["infer_ms"], r["test_mAP"]), textcoords="offset points", xytext=(5, 4), fontsize=7
         )
     for i, (backbone, weights) in enumerate(backbones):
         ax.scatter(
-            [], [], color=plots.COLOURS[i % len(plots.COLOURS)], marker="o", label=f"{backbone} ({weights})"
+            [],
+            [],
+            color=figures.COLOURS[i % len(figures.COLOURS)],
+            marker="o",
+            label=f"{backbone} ({weights})",
         )
     for i, head in enumerate(heads):
-        ax.scatter([], [], color="grey", marker=plots.MARKERS[i % len(plots.MARKERS)], label=head)
+        ax.scatter([], [], color="grey", marker=figures.MARKERS[i % len(figures.MARKERS)], label=head)
     ax.set(
         xlabel="inference ms per image (CPU, batch 1)",
         ylabel="test mAP@[.5:.95]",
@@ -188,7 +192,7 @@ def plot(rows: list[dict[str, Any]], path: Path, budget: str) -> Path:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return plots.save(figure, path)
+    return figures.save(figure, path)
 
 
 def main() -> None:

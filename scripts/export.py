@@ -39,10 +39,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from detection.research import plots  # noqa: E402
 from detection.research.runs import load_detector, split_images  # noqa: E402
 from detection.research.tables import write_tables  # noqa: E402
 from detection.research.timing import median_ms  # noqa: E402
+from detection.training import figures  # noqa: E402
 
 MATCH_PX = 1.0  # boxes further apart than this are different detections, not one with an error
 COLUMNS = [
@@ -208,7 +208,7 @@ def _first_line(error: Exception) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    figure = plots.new_figure(7.0, 3.8)
+    figure = figures.new_figure(7.0, 3.8)
     ax = figure.add_subplot()
     heads = list(dict.fromkeys(r["head"] for r in rows))
     kinds = ["PyTorch", "ONNX (opset 17) + onnxruntime", "TorchScript (trace)"]
@@ -226,13 +226,13 @@ def plot(rows: list[dict], path: Path) -> Path:
             values,
             width,
             label=kind,
-            color=plots.COLOURS[k],
+            color=figures.COLOURS[k],
         )
     ax.set_xticks(range(len(heads)), labels=heads)
     ax.set(ylabel="ms per image (CPU, batch 1)", title="PyTorch against exported runtimes (0: not exported)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return plots.save(figure, path)
+    return figures.save(figure, path)
 
 
 def main() -> None:

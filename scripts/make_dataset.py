@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 @hydra.main(config_path="../conf", config_name="make_dataset", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from detection.data.canvas import PARAMS_FILE, make_fashiondet
+    from detection.data.fashiondet import PARAMS_FILE, make_fashiondet
 
     generate = cfg.data.get("generate")
     if not generate:

@@ -38,9 +38,11 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from detection.data import DetectionDataModule  # noqa: E402
-from detection.research import plots  # noqa: E402
 from detection.research.tables import write_tables  # noqa: E402
-from detection.tasks import DetectionTask  # noqa: E402
+from detection.training import (
+    DetectionTask,  # noqa: E402
+    figures,  # noqa: E402
+)
 
 COLUMNS = [
     ("loop", "loop", ""),
@@ -191,13 +193,13 @@ def main() -> None:
     )
     note = f"{setting}. Largest difference of the final weights, plain vs Lightning: {diff:.2e}."
     csv_path, md_path = write_tables(rows, COLUMNS, out / "overhead", note)
-    figure = plots.new_figure(6.0, 3.2)
+    figure = figures.new_figure(6.0, 3.2)
     ax = figure.add_subplot()
-    ax.barh([r["loop"] for r in rows], [r["ms_per_step"] for r in rows], color=plots.COLOURS[:3])
+    ax.barh([r["loop"] for r in rows], [r["ms_per_step"] for r in rows], color=figures.COLOURS[:3])
     ax.invert_yaxis()
     ax.set(xlabel="ms per training step", title=setting, xlim=(0, None))
     ax.title.set_fontsize(7)
-    png = plots.save(figure, out / "overhead.png")
+    png = figures.save(figure, out / "overhead.png")
     print(md_path.read_text())
     print(f"Lightning / plain: {rows[1]['ratio']:.3f} (steps), {rows[2]['ratio']:.3f} (whole fit())")
     print(f"Wrote {csv_path}, {md_path}, {png}")

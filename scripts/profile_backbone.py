@@ -42,8 +42,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from detection.models import build_backbone
-from detection.research import plots
 from detection.research.tables import write_tables
+from detection.training import figures
 
 BACKBONES = "resnet18,resnet50,resnext50_32x4d,wide_resnet50_2,efficientnet_lite0,mobilenet_v3_large"
 COLUMNS = [
@@ -202,12 +202,12 @@ def profile(
 
 
 def plot(rows: list[dict], path: Path, title: str) -> Path:
-    figure = plots.new_figure(10.0, 4.2)
+    figure = figures.new_figure(10.0, 4.2)
     mem_ax, speed_ax = figure.subplots(1, 2)
     names = list(dict.fromkeys(r["backbone"] for r in rows))
     for i, name in enumerate(names):
         mine = [r for r in rows if r["backbone"] == name]
-        colour, marker = plots.COLOURS[i % len(plots.COLOURS)], plots.MARKERS[i % len(plots.MARKERS)]
+        colour, marker = figures.COLOURS[i % len(figures.COLOURS)], figures.MARKERS[i % len(figures.MARKERS)]
         mem_ax.plot(
             [r["batch"] for r in mine],
             [r["activations_MB"] for r in mine],
@@ -243,7 +243,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     )
     speed_ax.grid(alpha=0.3)
     figure.suptitle(title, fontsize=9)
-    return plots.save(figure, path)
+    return figures.save(figure, path)
 
 
 def main() -> None:

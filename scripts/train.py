@@ -4,8 +4,8 @@ import hydra
 from omegaconf import DictConfig
 
 from detection import pipelines
-from detection.utils import resolvers  # noqa: F401  (registers ${run_id:})
-from detection.utils.job import job
+from detection.runtime import launch  # noqa: F401  (registers ${run_id:})
+from detection.runtime.launch import job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

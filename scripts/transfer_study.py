@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detection.research import plots
 from detection.research.tables import Job, group_by, mean_std, read_multirun, write_tables
+from detection.training import figures
 
 VARIANTS = ("imagenet", "fashion_mnist", "scratch")
 LABELS = {
@@ -112,11 +112,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(summary: list[dict[str, Any]], path: Path, budget: str) -> Path:
-    figure = plots.new_figure(8.0, 3.8)
+    figure = figures.new_figure(8.0, 3.8)
     axes = figure.subplots(1, 2)
     for ax, key, label in zip(axes, ("test_mAP", "test_mAP_50"), ("test mAP@[.5:.95]", "test mAP@0.5")):
         for i, row in enumerate(summary):
-            colour = plots.COLOURS[i % len(plots.COLOURS)]
+            colour = figures.COLOURS[i % len(figures.COLOURS)]
             ax.bar(i, row[f"{key}_mean"], yerr=row[f"{key}_std"], color=colour, alpha=0.6, capsize=4)
             values = row["values"][key]
             ax.scatter(
@@ -128,7 +128,7 @@ def plot(summary: list[dict[str, Any]], path: Path, budget: str) -> Path:
     figure.suptitle(
         f"Backbone pretraining, FCOS on FashionDet ({budget}); bars: mean ± std, dots: seeds", fontsize=9
     )
-    return plots.save(figure, path)
+    return figures.save(figure, path)
 
 
 def main() -> None:

@@ -140,7 +140,7 @@ def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from detection.utils import resolvers  # noqa: F401  (registers ${run_id:})
+    from detection.runtime import launch  # noqa: F401  (registers ${run_id:})
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
@@ -165,7 +165,7 @@ def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[
 def train_in_process(overrides: Sequence[str]) -> tuple[Path, float | None]:
     """One training job through the same wrapper as scripts/train.py; (run directory, return value)."""
     from detection import pipelines
-    from detection.utils.job import job
+    from detection.runtime.launch import job
 
     with hydra_job(overrides) as cfg:
         value = job(pipelines.train)(cfg)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from detection.data import FASHION_MNIST_CLASSES, FASHIONDET_PRESETS, load_fashion_mnist, make_fashiondet
-from detection.data.canvas import ITEM_POOLS, PARAMS_FILE, SPLITS, render_records, resolve_params
-from detection.data.render import Layer, load_photo, photo_regions, render_canvas
+from detection.data.fashiondet import ITEM_POOLS, PARAMS_FILE, SPLITS, render_records, resolve_params
+from detection.data.fashiondet.compose import Layer, load_photo, photo_regions, render_canvas
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from detection.data import (
     build_eval_transforms,
     build_train_transforms,
 )
-from detection.data.samplers import GroupedBatchSampler, aspect_ratio_groups
+from detection.data.loading import GroupedBatchSampler, aspect_ratio_groups
 
 
 def _check_batch(images: list, targets: list, size: int | None = None) -> None:

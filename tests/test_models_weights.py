@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from detection.models import Classifier, build_backbone, build_detector, imagenet_classifier
-from detection.models.weights import (
+from detection.models.backbones.weights import (
     LITE_MEAN,
     LITE_STD,
     WeightsUnavailableError,
@@ -58,33 +58,46 @@ def test_lite_backbone_carries_the_classifier_weights() -> None:
         assert torch.allclose(body(x)["c5"], expected, atol=1e-5)
 
 
-def _classification_checkpoint(path: Path, classifier: Classifier) -> Path:
-    # The layout ClassificationTask's Lightning checkpoints have, with a few unrelated entries.
+def _classification_checkpoint(path: Path, classifier: Classifier, earlier_format: bool = False) -> Path:
+    # The layout ClassificationTask's Lightning checkpoints have, with a few unrelated entries. The
+    # normalisation is the backbone's extra state; earlier versions kept it in "backbone_meta".
+    state = {"model." + k: v for k, v in classifier.state_dict().items()}
+    extra: dict = {}
+    if earlier_format:
+        state.pop("model.backbone._extra_state")
+        backbone = classifier.backbone
+        extra["backbone_meta"] = {
+            "name": backbone.name,
+            "image_mean": backbone.image_mean,
+            "image_std": backbone.image_std,
+        }
     torch.save(
         {
             "epoch": 3,
             "global_step": 120,
             "pytorch-lightning_version": "2.6.0",
-            "state_dict": {"model." + k: v for k, v in classifier.state_dict().items()},
+            "state_dict": state,
             "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}],
             "hyper_parameters": {"lr": 0.1, "num_classes": classifier.num_classes},
-            "backbone_meta": classifier.backbone_meta(),
+            **extra,
         },
         path,
     )
     return path
 
 
-@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize(
+    ("name", "earlier_format"), [("resnet18", False), ("efficientnet_lite0", False), ("resnet18", True)]
+)
 def test_classification_checkpoint_loads_into_a_detector(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, earlier_format: bool
 ) -> None:
     stats = {"image_mean": [0.286] * 3, "image_std": [0.353] * 3}  # e.g. Fashion-MNIST's
     classifier = Classifier({"name": name, "weights": None, **stats}, num_classes=10)
     with torch.no_grad():
         for p in classifier.parameters():
             p.add_(torch.randn_like(p))
-    ckpt = _classification_checkpoint(tmp_path / "pretrain.ckpt", classifier)
+    ckpt = _classification_checkpoint(tmp_path / "pretrain.ckpt", classifier, earlier_format)
 
     body = build_backbone(name, weights=None, norm="frozen_bn", out_levels=(3, 4, 5))
     report = load_backbone_weights(body, ckpt)

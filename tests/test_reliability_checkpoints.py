@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from test_reliability_support import CONF_DIR, run_env
 
-from detection.utils.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from detection.runtime.checkpoints import AtomicCheckpointIO, atomic_torch_save
 
 
 class _Unpicklable:
@@ -58,7 +58,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys, torch
-from detection.utils.checkpoint_io import atomic_torch_save
+from detection.runtime.checkpoints import atomic_torch_save
 path = sys.argv[1]
 for version in range(1, 10_000):
     print(f"writing {version}", flush=True)

@@ -33,7 +33,7 @@ from PIL import Image
 from test_reliability_support import CONF_DIR, hydra_job, run_env, script, tiny_overrides
 
 from detection.data import CocoFormatError, DetectionDataModule
-from detection.utils.errors import is_user_error, user_message
+from detection.runtime.launch import is_user_error, user_message
 
 EXIF_ORIENTATION = 0x0112
 BIG = 16  # the large image: a 128 px canvas scaled 16 times, 2048 x 2048

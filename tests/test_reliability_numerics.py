@@ -68,7 +68,10 @@ def test_nonfinite_loss_skip_leaves_the_step_out(
         "trainer.limit_val_batches=0",  # nor validate them
         "optimized_metric=null",
     )
-    with caplog.at_level(logging.WARNING, logger="detection.tasks.detection"), hydra_job(overrides) as cfg:
+    with (
+        caplog.at_level(logging.WARNING, logger="detection.training.detection_task"),
+        hydra_job(overrides) as cfg,
+    ):
         pipelines.train(cfg)
         run_dir = Path(cfg.paths.output_dir)
 

@@ -37,7 +37,7 @@ from test_reliability_support import (
 )
 from torch.utils.data import DataLoader, TensorDataset
 
-from detection.data.resumable import EpochRandomSampler, ResumableDataLoader
+from detection.data.loading import EpochRandomSampler, ResumableDataLoader
 
 STEPS_PER_EPOCH = 6  # 48 training canvases of the small preset in batches of 8
 EPOCHS = 2

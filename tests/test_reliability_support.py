@@ -99,7 +99,7 @@ def hydra_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[
 def train_here(overrides: Sequence[str]) -> Path:
     """scripts/train.py's job, in this process; returns the run directory."""
     from detection import pipelines
-    from detection.utils.job import job
+    from detection.runtime.launch import job
 
     with hydra_job(overrides) as cfg:
         job(pipelines.train)(cfg)

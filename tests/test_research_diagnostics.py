@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from detection.research import diagnostics
 from detection.research.runs import split_images
 from detection.research.tables import markdown_table, mean_std, write_tables
+from detection.training import diagnostics
 
 
 def _jittered_predictions(targets: list[dict], seed: int = 0) -> list[dict]:

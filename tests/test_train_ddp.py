@@ -76,7 +76,7 @@ def test_ranks_above_zero_are_pinned_to_their_job(tmp_path: Path, monkeypatch: p
     from hydra.types import RunMode
     from lightning.fabric.strategies.launchers.subprocess_script import _hydra_subprocess_cmd
 
-    from detection.utils.hydra_launch import MULTIRUN_JOB_ENV, job_processes
+    from detection.runtime.launch import MULTIRUN_JOB_ENV, job_processes
 
     monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hparams_search=fashiondet_optuna", "seed=1,2"])
     job_overrides = ["hparams_search=fashiondet_optuna", f"paths.log_dir={tmp_path}", "seed=2"]
@@ -103,7 +103,7 @@ def test_ranks_above_zero_are_pinned_to_their_job(tmp_path: Path, monkeypatch: p
 def test_job_processes_ends_the_process_group_and_launcher_environment(tmp_path: Path) -> None:
     import torch.distributed as dist
 
-    from detection.utils.hydra_launch import job_processes
+    from detection.runtime.launch import job_processes
 
     with isolated_environ(tmp_path):
         os.environ.pop("LOCAL_RANK", None)

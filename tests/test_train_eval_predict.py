@@ -105,7 +105,7 @@ import json, sys
 import torch
 from torchvision.io import decode_image
 from hydra.core.hydra_config import HydraConfig
-from detection.tasks import DetectionTask
+from detection.training import DetectionTask
 
 task = DetectionTask.load_from_checkpoint(sys.argv[1], map_location="cpu")
 assert not HydraConfig.initialized()

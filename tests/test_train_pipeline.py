@@ -167,7 +167,7 @@ def test_run_directories_are_unique_within_the_same_second(tmp_path: Path) -> No
     from hydra import compose, initialize_config_dir
     from hydra.core.utils import setup_globals
 
-    from detection.utils import resolvers  # noqa: F401  (registers ${run_id:})
+    from detection.runtime import launch  # noqa: F401  (registers ${run_id:})
 
     same_second = datetime(2026, 1, 2, 3, 4, 5)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -11,7 +11,7 @@ import pytest
 from helpers import csv_rows, reference_run, wandb_offline_runs, wandb_records, wandb_run_file, wandb_run_info
 from omegaconf import OmegaConf
 
-from detection.utils.wandb_setup import choose_wandb_mode
+from detection.runtime.logging import choose_wandb_mode
 
 
 def test_mode_is_offline_without_credentials_or_server(

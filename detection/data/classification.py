@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from detection.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from detection.data.resumable import EpochRandomSampler, ResumableDataLoader
-from detection.data.samplers import eval_sampler
+from detection.data.loading import EpochRandomSampler, ResumableDataLoader, eval_sampler
 
 __all__ = ["ClassificationDataModule", "FashionMNISTDataset"]
 

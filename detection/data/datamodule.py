@@ -18,28 +18,25 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from detection.data.canvas import make_fashiondet
-from detection.data.classification import ClassificationDataModule
 from detection.data.coco import CocoDetection
+from detection.data.coco.validation import CocoFormatError, CocoStats
+from detection.data.fashiondet import make_fashiondet
 from detection.data.folder import ImageFolder
-from detection.data.resumable import EpochRandomSampler, EpochSequentialSampler, ResumableDataLoader
-from detection.data.samplers import GroupedBatchSampler, aspect_ratio_groups, eval_sampler
+from detection.data.loading import (
+    EpochRandomSampler,
+    EpochSequentialSampler,
+    GroupedBatchSampler,
+    ResumableDataLoader,
+    aspect_ratio_groups,
+    collate_detection,
+    eval_sampler,
+)
 from detection.data.transforms import build_eval_transforms, build_train_transforms
-from detection.data.validation import CocoFormatError, CocoStats
 
-__all__ = ["DetectionDataModule", "ClassificationDataModule", "collate_detection", "summary_table"]
+__all__ = ["DetectionDataModule", "summary_table"]
 
 SPLITS = ("train", "val", "test")
 _NEEDED = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
-
-
-def _plain(value: Any) -> Any:
-    """DictConfig/ListConfig -> dict/list (without importing omegaconf here)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _absolute(path: str | Path) -> Path:
@@ -50,19 +47,6 @@ def _absolute(path: str | Path) -> Path:
         return Path(to_absolute_path(str(path)))
     except ImportError:  # pragma: no cover - hydra is a dependency
         return Path(path).expanduser().resolve()
-
-
-def _pure(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.as_subclass(torch.Tensor) if isinstance(tensor, torch.Tensor) else tensor
-
-
-def collate_detection(
-    batch: Sequence[tuple[Any, Mapping[str, Any]]],
-) -> tuple[list[torch.Tensor], list[dict]]:
-    """(image, target) pairs -> (list of images, list of targets) with plain tensors (no tv_tensors)."""
-    images = [_pure(image) for image, _ in batch]
-    targets = [{key: _pure(value) for key, value in target.items()} for _, target in batch]
-    return images, targets
 
 
 def summary_table(
@@ -148,7 +132,7 @@ class DetectionDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.root = _absolute(root) if root is not None else None
-        self.generate = _plain(generate) if generate is not None else None
+        self.generate = dict(generate) if generate is not None else None
         self.files = {
             split: self._split_files(split, ann, images)
             for split, ann, images in (
@@ -161,8 +145,8 @@ class DetectionDataModule(L.LightningDataModule):
         self.class_names: list[str] | None = None
         self.datasets: dict[str, CocoDetection] = {}
         self.stats: dict[str, CocoStats] = {}
-        self.train_transforms = build_train_transforms(**_plain(train_transforms or {}))
-        self.eval_transforms = build_eval_transforms(**_plain(eval_transforms or {}))
+        self.train_transforms = build_train_transforms(**(train_transforms or {}))
+        self.eval_transforms = build_eval_transforms(**(eval_transforms or {}))
         self.predict_dir = _absolute(predict_dir) if predict_dir else None
         self._summary_printed = False
 

@@ -2,8 +2,8 @@
 
 Its backbone lives at ``.backbone`` (state-dict keys ``backbone.<Backbone key>``), so a checkpoint of
 the pretraining task (keys ``model.backbone.<key>``) loads straight into a detector's backbone
-through `detection.models.weights`; `Classifier.backbone_meta()` is what that checkpoint stores as
-``backbone_meta`` so the detector normalises its inputs the same way.
+through `detection.models.backbones.weights`, its normalisation with it (the backbone's extra state),
+so the detector normalises its inputs the same way.
 
 `imagenet_classifier(name)` is the full ImageNet classifier built with the same weight loader as
 the backbones, used to check that offline weights are the real ones.
@@ -11,15 +11,15 @@ the backbones, used to check that offline weights are the real ones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detection.models import weights as weights_lib
 from detection.models.backbones import Backbone, build_backbone
+from detection.models.backbones import weights as weights_lib
 
 
 def _normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -56,13 +56,13 @@ class Classifier(nn.Module):
         pooled = next(reversed(features.values())).mean(dim=(2, 3))
         return self.head(self.dropout(pooled))
 
-    def backbone_meta(self) -> dict[str, Any]:
-        """What a checkpoint stores as ``backbone_meta``: the backbone's name and normalisation."""
-        return {
-            "name": self.backbone.name,
-            "image_mean": list(self.backbone.image_mean),
-            "image_std": list(self.backbone.image_std),
-        }
+    def backbone_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the backbone, names as in ``named_parameters()``."""
+        return self.backbone.named_parameters(prefix="backbone")
+
+    def head_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the pooling head (dropout and the linear layer)."""
+        return self.head.named_parameters(prefix="head")
 
 
 class ImageNetClassifier(nn.Module):

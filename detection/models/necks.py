@@ -1,7 +1,8 @@
 """FPN neck and the detector's feature module (backbone body + neck).
 
 `FPN` is torchvision's `FeaturePyramidNetwork` that names its outputs by level (``p3``, ``p4``, ...,
-stride 2**level) and declares ``.names`` / ``.strides`` / ``.out_channels``, so heads size anchors
+stride 2**level) and declares them as ``.feature_specs`` (with ``.names`` / ``.strides`` /
+``.out_channels`` views), so heads size anchors
 and RoI pooling from what it says. Extra levels above the backbone's last one:
 - ``"none"``;
 - ``"p6p7"``: two stride-2 3x3 convs (torchvision `LastLevelP6P7`), fed by the last FPN output
@@ -21,7 +22,7 @@ from torchvision.ops.feature_pyramid_network import (
     LastLevelP6P7,
 )
 
-from detection.models.backbones import Backbone
+from detection.models.backbones import Backbone, FeatureSpec
 from detection.models.norms import group_norm_groups
 
 EXTRA_LEVELS = ("none", "p6p7", "maxpool")
@@ -65,8 +66,9 @@ class FPN(FeaturePyramidNetwork):
         super().__init__(list(in_channels), out_channels, extra_blocks=extra, norm_layer=norm_layer)
         last = int(in_levels[-1])
         self.levels = [int(level) for level in in_levels] + [last + i for i in range(1, n_extra + 1)]
-        self.names = [f"p{level}" for level in self.levels]
-        self.strides = [2**level for level in self.levels]
+        self.feature_specs = [FeatureSpec(f"p{level}", int(out_channels), 2**level) for level in self.levels]
+        self.names = [s.name for s in self.feature_specs]
+        self.strides = [s.stride for s in self.feature_specs]
         self.out_channels = int(out_channels)
         self.extra_levels = extra_levels
 
@@ -102,6 +104,7 @@ class DetectorBackbone(nn.Module):
         self.fpn = fpn
         self.body_outputs = list(body_outputs)
         self.out_channels = fpn.out_channels
+        self.feature_specs = list(fpn.feature_specs)
         self.names = list(fpn.names)
         self.strides = list(fpn.strides)
 

@@ -48,7 +48,7 @@ def checkpoint_of(job: Job) -> Path | None:
 
 def load_detector(checkpoint: str | Path) -> nn.Module:
     """The detector of a DetectionTask checkpoint, in eval mode on the CPU."""
-    from detection.tasks import DetectionTask
+    from detection.training import DetectionTask
 
     task = DetectionTask.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True)
     return task.detector.eval()

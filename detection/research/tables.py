@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from detection.utils import resolvers  # noqa: F401  (${run_id:} and friends resolve)
+from detection.runtime import launch  # noqa: F401  (${run_id:} and friends resolve)
 
 Column = tuple[str, str, str]  # (row key, header, format spec such as ".3f"; "" for str())
 

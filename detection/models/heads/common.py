@@ -1,39 +1,78 @@
-"""Pieces shared by the heads: the input transform and stride-derived anchors."""
+"""Pieces shared by the heads: the parts a detector declares, the input transform, stride-derived anchors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
+from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from detection.models.backbones import Backbone
+from detection.models.backbones import Backbone, Normalization
+
+
+class DetectorParts:
+    """What every detector of `build_detector` declares about itself (a mixin of the detector classes).
+
+    ``backbone.body`` is the classification `Backbone`; everything else (FPN, heads) is the part
+    trained from scratch. Optimiser groups, fine-tuning schedules and freezing use these instead of
+    guessing from parameter names.
+    """
+
+    backbone: nn.Module
+
+    @property
+    def body(self) -> Backbone:
+        return self.backbone.body
+
+    def backbone_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the classification backbone, names as in ``named_parameters()``."""
+        return self.backbone.body.named_parameters(prefix="backbone.body")
+
+    def head_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of everything that is not the classification backbone."""
+        own = {id(p) for _, p in self.backbone_parameters()}
+        return ((n, p) for n, p in self.named_parameters() if id(p) not in own)
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
-    """torchvision's resize/normalise/batch transform whose mean/std are saved in the state dict.
+    """torchvision's resize/normalise/batch transform that normalises with the backbone's record.
 
-    A detector rebuilt from its checkpoint with backbone weights=None then normalises as it did
-    in training (e.g. with a pretraining data set's statistics), not with the defaults.
+    `image_mean` / `image_std` read the backbone's `Normalization` object, so a detector whose
+    backbone loads other statistics from a checkpoint normalises with them: the transform keeps
+    no copy of its own.
     """
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"image_mean": list(self.image_mean), "image_std": list(self.image_std)}
+    def __init__(
+        self, normalization: Normalization, min_size: int, max_size: int, size_divisible: int
+    ) -> None:
+        self.normalization = normalization
+        super().__init__(
+            min_size, max_size, normalization.mean, normalization.std, size_divisible=size_divisible
+        )
 
-    def set_extra_state(self, state: Any) -> None:
-        if isinstance(state, dict) and "image_mean" in state and "image_std" in state:
-            self.image_mean = [float(v) for v in state["image_mean"]]
-            self.image_std = [float(v) for v in state["image_std"]]
+    @property
+    def image_mean(self) -> list[float]:
+        return self.normalization.mean
+
+    @image_mean.setter
+    def image_mean(self, value: list[float]) -> None:
+        self.normalization.mean = [float(v) for v in value]
+
+    @property
+    def image_std(self) -> list[float]:
+        return self.normalization.std
+
+    @image_std.setter
+    def image_std(self, value: list[float]) -> None:
+        self.normalization.std = [float(v) for v in value]
 
 
 def build_transform(
     body: Backbone, min_size: int, max_size: int, size_divisible: int = 32
 ) -> DetectionTransform:
     """Resize so the short side is `min_size` (long side at most `max_size`), normalise as `body`."""
-    return DetectionTransform(
-        int(min_size), int(max_size), body.image_mean, body.image_std, size_divisible=int(size_divisible)
-    )
+    return DetectionTransform(body.normalization, int(min_size), int(max_size), int(size_divisible))
 
 
 def anchor_generator(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 
-from detection.models.heads.common import anchor_generator, build_transform
+from detection.models.heads.common import DetectorParts, anchor_generator, build_transform
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
+
+
+class FCOSDetector(DetectorParts, FCOS):
+    """torchvision's FCOS that declares its parts (`DetectorParts`)."""
 
 
 def build_fcos(
@@ -24,7 +28,7 @@ def build_fcos(
     nms_thresh: float = 0.6,
     detections_per_img: int = 100,
     topk_candidates: int = 1000,
-) -> FCOS:
+) -> FCOSDetector:
     """FCOS with one anchor point per location whose size is the level's stride.
 
     torchvision assigns a box to the levels whose anchor size times 4..8 brackets it, so the sizes
@@ -41,7 +45,7 @@ def build_fcos(
     )
     head.regression_head = FCOSRegressionHead(channels, 1, int(num_convs), norm_layer=norm_layer)
     body = backbone.body
-    model = FCOS(
+    model = FCOSDetector(
         backbone,
         num_classes,
         min_size=min_size,

@@ -17,14 +17,13 @@ Faster R-CNN's two large ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import ps_roi_align
 
-from detection.models.heads.common import build_transform
-from detection.models.heads.faster_rcnn import RCNN, build_roi_heads, build_rpn
+from detection.models.heads.rcnn import RCNN, build_rcnn
 from detection.models.necks import DetectorBackbone
 
 VARIANTS = {"S": 64, "L": 256}
@@ -103,9 +102,6 @@ def build_light_head_rcnn(
     backbone: DetectorBackbone,
     num_classes: int,
     *,
-    min_size: int = 128,
-    max_size: int = 128,
-    size_divisible: int = 32,
     variant: str = "S",
     thin_mid_channels: int | None = None,
     thin_kernel_size: int = 15,
@@ -115,32 +111,13 @@ def build_light_head_rcnn(
     pooled_size: int = 7,
     roi_sampling_ratio: int = 2,
     representation_size: int = 2048,
-    anchor_scale: float = 4.0,
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    rpn_head_convs: int = 1,
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_nms_thresh: float = 0.7,
-    rpn_fg_iou_thresh: float = 0.7,
-    rpn_bg_iou_thresh: float = 0.3,
-    rpn_batch_size_per_image: int = 256,
-    rpn_positive_fraction: float = 0.5,
-    rpn_score_thresh: float = 0.0,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
-    box_fg_iou_thresh: float = 0.5,
-    box_bg_iou_thresh: float = 0.5,
-    box_batch_size_per_image: int = 512,
-    box_positive_fraction: float = 0.25,
-    bbox_reg_weights: Sequence[float] | None = None,
+    **rcnn_options: Any,
 ) -> RCNN:
     """Light-Head R-CNN (see the module docstring for which maps feed the RPN and the thin map).
 
     `variant` "S" (Cmid 64) or "L" (Cmid 256), or `thin_mid_channels` explicitly; the thin map has
-    ``thin_bin_channels x pooled_size**2`` channels. The RPN and ``box_*`` knobs are Faster R-CNN's.
+    ``thin_bin_channels x pooled_size**2`` channels. `rcnn_options` are `build_rcnn`'s knobs (RPN, box
+    sampling and post-processing, anchors), the same as Faster R-CNN's.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown Light-Head variant {variant!r}; choose one of {tuple(VARIANTS)}")
@@ -155,7 +132,8 @@ def build_light_head_rcnn(
             )
         index = body.strides.index(thin_map_stride)
         feature_name, in_channels = body.names[index], body.channels[index]
-        backbone.body_outputs = [*backbone.body_outputs, feature_name]
+        # a new module over the same parts: the caller's backbone is left as it was
+        backbone = DetectorBackbone(body, backbone.fpn, [*backbone.body_outputs, feature_name])
     else:
         if thin_map_stride not in backbone.strides:
             raise ValueError(
@@ -163,22 +141,6 @@ def build_light_head_rcnn(
             )
         feature_name = backbone.names[backbone.strides.index(thin_map_stride)]
         in_channels = backbone.out_channels
-    rpn = build_rpn(
-        backbone,
-        anchor_scale=anchor_scale,
-        aspect_ratios=aspect_ratios,
-        head_convs=rpn_head_convs,
-        pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-        pre_nms_top_n_test=rpn_pre_nms_top_n_test,
-        post_nms_top_n_train=rpn_post_nms_top_n_train,
-        post_nms_top_n_test=rpn_post_nms_top_n_test,
-        nms_thresh=rpn_nms_thresh,
-        fg_iou_thresh=rpn_fg_iou_thresh,
-        bg_iou_thresh=rpn_bg_iou_thresh,
-        batch_size_per_image=rpn_batch_size_per_image,
-        positive_fraction=rpn_positive_fraction,
-        score_thresh=rpn_score_thresh,
-    )
     roi_pool = LightHeadRoIPool(
         in_channels,
         feature_name,
@@ -190,19 +152,4 @@ def build_light_head_rcnn(
         int(roi_sampling_ratio),
     )
     box_head = LightHeadBoxHead(int(thin_bin_channels) * int(pooled_size) ** 2, int(representation_size))
-    roi_heads = build_roi_heads(
-        roi_pool,
-        box_head,
-        representation_size,
-        num_classes,
-        fg_iou_thresh=box_fg_iou_thresh,
-        bg_iou_thresh=box_bg_iou_thresh,
-        batch_size_per_image=box_batch_size_per_image,
-        positive_fraction=box_positive_fraction,
-        bbox_reg_weights=bbox_reg_weights,
-        score_thresh=box_score_thresh,
-        nms_thresh=box_nms_thresh,
-        detections_per_img=box_detections_per_img,
-    )
-    transform = build_transform(body, min_size, max_size, size_divisible)
-    return RCNN(backbone, rpn, roi_heads, transform, num_classes)
+    return build_rcnn(backbone, num_classes, roi_pool, box_head, int(representation_size), **rcnn_options)

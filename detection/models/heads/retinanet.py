@@ -10,11 +10,15 @@ from torch import nn
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.ops.misc import Conv2dNormActivation
 
-from detection.models.heads.common import anchor_generator, build_transform
+from detection.models.heads.common import DetectorParts, anchor_generator, build_transform
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
 
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
+
+
+class RetinaNetDetector(DetectorParts, RetinaNet):
+    """torchvision's RetinaNet that declares its parts (`DetectorParts`)."""
 
 
 def _tower(channels: int, num_convs: int, head_norm: str) -> nn.Sequential:
@@ -50,7 +54,7 @@ def build_retinanet(
     nms_thresh: float = 0.5,
     detections_per_img: int = 300,
     topk_candidates: int = 1000,
-) -> RetinaNet:
+) -> RetinaNetDetector:
     """RetinaNet with anchors of side ``anchor_scale * stride * 2**(i/scales_per_octave)``.
 
     Defaults follow the paper: 4 x stride, 3 scales x 3 ratios, four-conv towers without norm
@@ -70,7 +74,7 @@ def build_retinanet(
         head.classification_head.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability)
     )
     body = backbone.body
-    model = RetinaNet(
+    model = RetinaNetDetector(
         backbone,
         num_classes,
         min_size=min_size,

@@ -1,0 +1,1 @@
+"""Hydra, Lightning and logger glue: launching jobs, checkpoint files, loggers and the console."""

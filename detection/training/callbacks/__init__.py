@@ -1,0 +1,17 @@
+"""Lightning callbacks of the template (configs in conf/callbacks/)."""
+
+from detection.training.callbacks.dashboards import DetectionDashboards
+from detection.training.callbacks.loader_state import LoaderStateCallback
+from detection.training.callbacks.prediction_images import PredictionImageLogger
+from detection.training.callbacks.preemption import PreemptionCheckpoint
+from detection.training.callbacks.rng_state import RngStateCallback
+from detection.training.callbacks.timing import TrainTimer
+
+__all__ = [
+    "DetectionDashboards",
+    "LoaderStateCallback",
+    "PredictionImageLogger",
+    "PreemptionCheckpoint",
+    "RngStateCallback",
+    "TrainTimer",
+]

@@ -1,0 +1,188 @@
+"""DetectionTask: a LightningModule around any detector of `detection.models`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.detection import MeanAveragePrecision
+
+from detection.models import architecture_spec, build_from_spec
+from detection.training.metrics import gather_map_states, map_metrics
+from detection.training.optim import build_optimizer_and_scheduler, optimizer_spec
+
+log = logging.getLogger(__name__)
+# faster_coco_eval prints its whole summary at INFO on every compute(); our metrics table says it once.
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+
+Batch = tuple[list[Tensor], list[dict[str, Any]]]
+# What earlier versions saved in the state dict and this one keeps elsewhere (the backbone).
+_LEGACY_STATE_KEYS = ("detector.transform._extra_state",)
+
+
+class DetectionTask(L.LightningModule):
+    """Train, validate, test and predict with a detector built from its spec.
+
+    `detector` is a detector spec (a plain dict of `build_detector` arguments with a ``version``;
+    see `detection.models.detector`), built here with `build_from_spec`. The checkpoint records
+    the spec without the backbone's starting weights (the state dict holds every weight), so
+    `DetectionTask.load_from_checkpoint(path)` rebuilds the detector alone, offline. `optimizer`
+    is ``{"name": <torch.optim class>, "lr": ..., ...}``. A built module may be passed as
+    `detector_module` (then `detector` is only recorded).
+    """
+
+    def __init__(
+        self,
+        detector: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        backbone_lr_mult: float = 1.0,
+        norm_bias_weight_decay: float = 0.0,
+        class_names: Sequence[str] | None = None,
+        map_backend: str = "faster_coco_eval",
+        nonfinite_loss: str = "raise",
+        detector_module: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        built = detector_module if detector_module is not None else build_from_spec(detector)
+        detector = architecture_spec(detector)
+        optimizer = optimizer_spec(optimizer)
+        scheduler = dict(scheduler) if scheduler else None
+        class_names = list(class_names) if class_names is not None else None
+        # logger=False: the pipeline logs the whole run config (nested); these would duplicate parts of it
+        self.save_hyperparameters(ignore=["detector_module"], logger=False)
+        self.detector = built
+        self.val_map = self._new_metric()
+        self.test_map = self._new_metric()
+        self.skipped_steps = 0
+
+    def _new_metric(self) -> MeanAveragePrecision:
+        # sync_on_compute=False: under DDP, gather_map_states collects the ranks' images instead
+        return MeanAveragePrecision(
+            box_format="xyxy",
+            iou_type="bbox",
+            class_metrics=True,
+            backend=self.hparams.map_backend,
+            sync_on_compute=False,
+        )
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        if names:
+            if self.hparams.class_names and list(self.hparams.class_names) != list(names):
+                log.warning(
+                    "Class names of the data (%s) differ from the checkpoint's (%s)",
+                    names,
+                    self.hparams.class_names,
+                )
+            # Saved with the checkpoint so that eval/predict name classes without the data.
+            self.hparams.class_names = list(names)
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.hparams.class_names:
+            return list(self.hparams.class_names)
+        return [str(i) for i in range(int(self.hparams.detector.get("num_classes", 0)))]
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        return self.detector(images)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        images, targets = batch
+        losses: dict[str, Tensor] = self.detector(images, [_boxes_and_labels(t) for t in targets])
+        loss = sum(losses.values())
+        finite = torch.isfinite(loss.detach()).float()
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        if world_size > 1:
+            # One verdict for all ranks: a rank that skips (or raises) alone leaves the others
+            # waiting forever in the gradient all-reduce.
+            finite = self.all_gather(finite).min()
+        if not bool(finite):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            where = f" on rank {self.global_rank}" if world_size > 1 else ""
+            message = (
+                f"Non-finite loss at global step {self.global_step} (epoch {self.current_epoch}){where}: "
+                f"{parts}"
+            )
+            if self.hparams.nonfinite_loss == "raise":
+                raise FloatingPointError(
+                    message + ". The last good checkpoint is kept; lower model.optimizer.lr, raise the "
+                    "warmup, or set model.task.nonfinite_loss=skip to skip such steps."
+                )
+            self.skipped_steps += 1
+            log.warning("%s: step skipped (%d so far)", message, self.skipped_steps)
+            return None
+        batch_size = len(images)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, value in losses.items():
+            self.log(f"train/loss_{_short(name)}", value, batch_size=batch_size)
+        return loss
+
+    # ---------------------------------------------------------------- evaluation
+    def validation_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Tensor]]:
+        return self._eval_step(batch, self.val_map)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Tensor]]:
+        return self._eval_step(batch, self.test_map)
+
+    def _eval_step(self, batch: Batch, metric: MeanAveragePrecision) -> list[dict[str, Tensor]]:
+        images, targets = batch
+        preds = self.detector(images)
+        metric.update(
+            [{k: p[k].detach() for k in ("boxes", "scores", "labels")} for p in preds],
+            [_boxes_and_labels(t) for t in targets],
+        )
+        return preds
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test")
+
+    def _log_map(self, metric: MeanAveragePrecision, prefix: str) -> None:
+        # Each image counts once: the data module's eval samplers never pad, and gather_map_states
+        # collects ranks holding different numbers of images (torchmetrics' own sync cannot).
+        gather_map_states(metric)
+        values = map_metrics(metric.compute(), self.class_names, prefix)
+        metric.reset()
+        self.log(f"{prefix}/mAP", values.pop(f"{prefix}/mAP"), prog_bar=True)
+        self.log_dict(values)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        images, metas = batch
+        preds = self.detector(images)
+        return [{**meta, **{k: v.detach().cpu() for k, v in p.items()}} for p, meta in zip(preds, metas)]
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        return build_optimizer_and_scheduler(
+            self.detector,
+            optimizer=self.hparams.optimizer,
+            scheduler=self.hparams.scheduler,
+            total_steps=self.trainer.estimated_stepping_batches,
+            backbone_lr_mult=self.hparams.backbone_lr_mult,
+            norm_bias_weight_decay=self.hparams.norm_bias_weight_decay,
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in _LEGACY_STATE_KEYS:
+            state.pop(key, None)
+
+
+def _boxes_and_labels(target: Mapping[str, Any]) -> dict[str, Tensor]:
+    return {"boxes": target["boxes"], "labels": target["labels"]}
+
+
+def _short(name: str) -> str:
+    return name[5:] if name.startswith("loss_") else name

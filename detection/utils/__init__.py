@@ -1,1 +1,0 @@
-"""Glue between Hydra, Lightning and the loggers: nothing here knows about detection."""
