@@ -24,8 +24,21 @@ SCRIPTS = REPO / "scripts"
 TESTS = REPO / "tests"
 
 
-def tiny(data_root: Path, log_dir: Path, limits: bool = True) -> list[str]:
-    """Overrides for runs of a few seconds: small data, thin neck, random backbone, two batches
+def small_data(data_root: Path, log_dir: Path) -> list[str]:
+    """The small-setting overrides every short run shares: the `small` FashionDet preset, logs under
+    `log_dir`, no progress bar or data summary, one thread."""
+    return [
+        f"data.root={data_root}",
+        "data.generate.preset=small",
+        "data.print_summary=false",
+        f"paths.log_dir={log_dir}",
+        "trainer.enable_progress_bar=false",
+        "extras.num_threads=1",
+    ]
+
+
+def tiny(data_root: Path, log_dir: Path, limits: bool = True, batch_size: int = 4) -> list[str]:
+    """Overrides for runs of a few seconds: `small_data`, thin neck, random backbone, two batches
     (`limits=False` leaves the number of batches to the config, e.g. a debug preset)."""
     limit_overrides = [
         "trainer.limit_train_batches=2",
@@ -33,18 +46,17 @@ def tiny(data_root: Path, log_dir: Path, limits: bool = True) -> list[str]:
         "trainer.limit_test_batches=1",
     ]
     return [
-        f"data.root={data_root}",
-        "data.generate.preset=small",
-        "data.batch_size=4",
-        "data.eval_batch_size=4",
-        "data.print_summary=false",
-        f"paths.log_dir={log_dir}",
+        *small_data(data_root, log_dir),
+        f"data.batch_size={batch_size}",
+        f"data.eval_batch_size={batch_size}",
         "model.backbone.weights=null",
         "model.detector.neck.out_channels=32",
-        "trainer.enable_progress_bar=false",
-        "extras.num_threads=1",
         *(limit_overrides if limits else []),
     ]
+
+
+# Runs whose tests are not about logging or plots: the CSV logger only, no config tree, no dashboards.
+QUIET = ["extras.print_config=false", "logger=csv", "++callbacks.dashboards=null"]
 
 
 def offline_env(tmp_path: Path) -> dict[str, str]:

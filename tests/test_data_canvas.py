@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from detection.data import FASHION_MNIST_CLASSES, FASHIONDET_PRESETS, load_fashion_mnist, make_fashiondet
-from detection.data.fashiondet import ITEM_POOLS, PARAMS_FILE, SPLITS, render_records, resolve_params
+from detection.data.fashiondet import PARAMS_FILE, render_records, resolve_params
 from detection.data.fashiondet.compose import Layer, load_photo, photo_regions, render_canvas
+from detection.data.fashiondet.params import ITEM_POOLS, SPLITS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,9 +210,9 @@ def test_make_dataset_script(tmp_path: Path) -> None:
         "data=fashiondet",
         f"data.root={root}",
         "data.generate.preset=small",
-        "data.generate.num_train=4",
-        "data.generate.num_val=2",
-        "data.generate.num_test=2",
+        "+data.generate.num_train=4",
+        "+data.generate.num_val=2",
+        "+data.generate.num_test=2",
     ]
     result = subprocess.run(
         command,

@@ -138,6 +138,52 @@ def test_detector_layout_and_normalisation_survive_a_rebuild() -> None:
     assert rebuilt.transform.image_mean == [0.2, 0.3, 0.4]
     assert rebuilt.transform.image_std == [0.5, 0.6, 0.7]
     assert rebuilt.backbone.body.image_std == [0.5, 0.6, 0.7]
+    # one record of the normalisation, kept with the backbone
+    assert [k for k in model.state_dict() if k.endswith("_extra_state")] == ["backbone.body._extra_state"]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_detectors_declare_backbone_and_head_parts(head: str) -> None:
+    model = build_detector(head, NUM_CLASSES, {"name": "resnet18", "weights": None}, {"out_channels": 32})
+    backbone = dict(model.backbone_parameters())
+    rest = dict(model.head_parameters())
+    assert set(backbone) == {n for n, _ in model.backbone.body.named_parameters(prefix="backbone.body")}
+    assert set(backbone).isdisjoint(rest)
+    assert set(backbone) | set(rest) == {n for n, _ in model.named_parameters()}
+    assert any(n.startswith("backbone.fpn.") for n in rest)
+
+
+def test_optimiser_groups_follow_the_declared_parts() -> None:
+    from detection.models import Classifier
+    from detection.training.optim import parameter_groups
+
+    for model in (
+        build_detector("fcos", NUM_CLASSES, {"name": "resnet18", "weights": None}, {"out_channels": 32}),
+        Classifier({"name": "resnet18", "weights": None}, NUM_CLASSES),
+    ):
+        groups = {
+            g["name"]: g for g in parameter_groups(model, lr=1.0, weight_decay=0.1, backbone_lr_mult=0.5)
+        }
+        # frozen BatchNorm (the detector's default) has no parameters, trained BatchNorm has
+        assert {"backbone", "head", "head_no_decay"} <= set(groups)
+        assert ("backbone_no_decay" in groups) == isinstance(model, Classifier)
+        in_backbone = {
+            id(p) for name in groups if name.startswith("backbone") for p in groups[name]["params"]
+        }
+        assert in_backbone == {id(p) for _, p in model.backbone_parameters()}
+        assert groups["backbone"]["lr"] == 0.5 and groups["head"]["lr"] == 1.0
+        assert groups["head_no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 0.1
+
+
+def test_light_head_leaves_the_given_backbone_as_it_was() -> None:
+    from detection.models import DetectorBackbone, build_backbone, build_fpn
+    from detection.models.heads import build_light_head_rcnn
+
+    body = build_backbone("resnet18", weights=None)
+    given = DetectorBackbone(body, build_fpn(body, out_channels=32, extra_levels="maxpool"))
+    model = build_light_head_rcnn(given, NUM_CLASSES)
+    assert given.body_outputs == []
+    assert model.backbone is not given and model.backbone.body_outputs == ["c4"]
 
 
 def test_unknown_names_list_the_choices() -> None:

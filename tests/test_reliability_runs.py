@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import helpers
 import lightning as L
 import pytest
 import torch
@@ -305,17 +306,12 @@ def test_ddp_test_metrics_on_odd_split_equal_single_process(
 
     def overrides(ann: Path, log_dir: Path, *extra: str) -> list[str]:
         return [
+            *helpers.small_data(fashiondet_small_root, log_dir),
             f"ckpt_path={ckpt}",
-            f"data.root={fashiondet_small_root}",
-            "data.generate.preset=small",
             f"+data.test_ann={ann}",
             f"+data.test_images={fashiondet_small_root / 'test'}",
             "data.eval_batch_size=4",  # 12 + 11 images: ranks run different numbers of batches
-            "data.print_summary=false",
-            f"paths.log_dir={log_dir}",
             "logger=csv",
-            "trainer.enable_progress_bar=false",
-            "extras.num_threads=1",
             *extra,
         ]
 

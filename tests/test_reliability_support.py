@@ -23,20 +23,9 @@ SCRIPTS = REPO / "scripts"
 def tiny_overrides(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
     """A run of a few seconds on the `small` FashionDet preset (48/24/24 canvases)."""
     return [
-        f"data.root={data_root}",
-        "data.generate.preset=small",
-        "data.batch_size=8",
-        "data.eval_batch_size=8",
-        "data.print_summary=false",
-        f"paths.log_dir={log_dir}",
-        "model.backbone.weights=null",
-        "model.detector.neck.out_channels=32",
+        *helpers.tiny(data_root, log_dir, limits=False, batch_size=8),
         "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false",
-        "extras.num_threads=1",
-        "extras.print_config=false",
-        "logger=csv",
-        "++callbacks.dashboards=null",  # plots after each validation: not what these tests are about
+        *helpers.QUIET,
         *extra,
     ]
 

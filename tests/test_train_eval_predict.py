@@ -11,22 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import read_metrics, reference_run, run_script, single_run_dir, subprocess_env
+import torch
+from helpers import read_metrics, reference_run, run_script, single_run_dir, small_data, subprocess_env
 from PIL import Image
 
 from detection.data import FASHION_MNIST_CLASSES
 
 
 def _script_overrides(data_root: Path, log_dir: Path) -> list[str]:
-    return [
-        f"data.root={data_root}",
-        "data.generate.preset=small",
-        "data.eval_batch_size=8",
-        "data.print_summary=false",
-        f"paths.log_dir={log_dir}",
-        "trainer.enable_progress_bar=false",
-        "extras.num_threads=1",
-    ]
+    return [*small_data(data_root, log_dir), "data.eval_batch_size=8"]
 
 
 @pytest.mark.slow
@@ -50,6 +43,69 @@ def test_eval_repeats_the_training_test(
     assert "test/mAP" in test_names and "test/AP/Sandal" in test_names
     assert sorted(k for k in evaluated if k.startswith("test/")) == test_names
     assert trained["test/mAR_100"] > 0  # some boxes match: the comparison below is not of zeros only
+    for name in test_names:
+        assert math.isclose(evaluated[name], trained[name], rel_tol=0, abs_tol=1e-6), name
+
+
+def _targets(value: object) -> list[str]:
+    """Every `_target_` string anywhere in nested dicts and lists."""
+    if isinstance(value, dict):
+        return [str(v) for k, v in value.items() if k == "_target_"] + [
+            s for v in value.values() for s in _targets(v)
+        ]
+    if isinstance(value, list):
+        return [s for v in value for s in _targets(v)]
+    return []
+
+
+def _earlier_format(checkpoint: dict) -> dict:
+    """The same checkpoint as the first releases wrote it: Hydra `_target_` configs for the detector
+    and the optimiser, the normalisation also in the hyper-parameters and in the transform's state."""
+    old = dict(checkpoint)
+    hparams = dict(old["hyper_parameters"])
+    detector = {k: v for k, v in hparams["detector"].items() if k != "version"}
+    mean = old["state_dict"]["detector.backbone.body._extra_state"]["image_mean"]
+    std = old["state_dict"]["detector.backbone.body._extra_state"]["image_std"]
+    detector["backbone"] = {**detector["backbone"], "image_mean": mean, "image_std": std}
+    hparams["detector"] = {"_target_": "detection.models.build_detector", **detector}
+    optimizer = {k: v for k, v in hparams["optimizer"].items() if k != "name"}
+    hparams["optimizer"] = {"_target_": "torch.optim.AdamW", "_partial_": True, **optimizer}
+    old["hyper_parameters"] = hparams
+    old["state_dict"] = {
+        **old["state_dict"],
+        "detector.transform._extra_state": {"image_mean": mean, "image_std": std},
+    }
+    return old
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_checkpoint_of_the_earlier_format_evaluates_the_same(
+    fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    reference = reference_run(fashiondet_small_root, tmp_path_factory)
+    trained = read_metrics(reference)
+    current = torch.load(trained["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert _targets(current["hyper_parameters"]) == []  # plain specs only
+    assert current["hyper_parameters"]["detector"]["version"] == 1
+    assert current["hyper_parameters"]["detector"]["backbone"]["weights"] is None
+
+    tmp_path = tmp_path_factory.mktemp("earlier_format")
+    earlier = tmp_path / "earlier.ckpt"
+    torch.save(_earlier_format(current), earlier)
+    assert _targets(torch.load(earlier, weights_only=True)["hyper_parameters"]) == [
+        "detection.models.build_detector",
+        "torch.optim.AdamW",
+    ]
+    run_script(
+        "eval",
+        [f"ckpt_path={earlier}", *_script_overrides(fashiondet_small_root, tmp_path / "logs")],
+        tmp_path,
+        timeout=300,
+    )
+    evaluated = read_metrics(single_run_dir(tmp_path / "logs", "eval"))
+    test_names = sorted(k for k in trained if k.startswith("test/"))
+    assert trained["test/mAR_100"] > 0
     for name in test_names:
         assert math.isclose(evaluated[name], trained[name], rel_tol=0, abs_tol=1e-6), name
 
