@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import csv
+import importlib
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -47,9 +53,48 @@ def _tiny(data_root: Path, log_dir: Path) -> list[str]:
     ]
 
 
+# each script's module and flags: the README and users call them, so they stay as they are
+TOOLS = {
+    "benchmark.py": (
+        "benchmark",
+        {"--sweep-dir", "--out", "--heads", "--backbones", "--images", "--warmup", "--runs", "--threads"},
+    ),
+    "benchmark_heads.py": (
+        "heads",
+        {"--backbone", "--weights", "--size", "--batch", "--fpn-channels", "--num-classes", "--proposals"}
+        | {"--variant", "--warmup", "--runs", "--threads"},
+    ),
+    "transfer_study.py": (
+        "transfer",
+        {"--sweep-dir", "--out", "--pretrained", "--pretrain-overrides", "--seeds"},
+    ),
+    "profile_backbone.py": (
+        "profile",
+        {"--backbones", "--size", "--batch-sizes", "--warmup", "--steps", "--threads", "--device", "--out"},
+    ),
+    "export.py": ("export", {"--ckpt", "--heads", "--data-root", "--images", "--atol", "--threads", "--out"}),
+    "overhead.py": (
+        "overhead",
+        {"--head", "--backbone", "--weights", "--data-root", "--preset", "--steps", "--batch-size"}
+        | {"--repeats", "--threads", "--out"},
+    ),
+}
+
+
 def _csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the PNG header; fails on anything that is not a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def test_benchmark_tabulates_heads_and_compares_light_head(
@@ -68,16 +113,41 @@ def test_benchmark_tabulates_heads_and_compares_light_head(
         *_tiny(fashiondet_small_root, tmp_path / "logs"),
         "+model.detector.rpn_post_nms_top_n_test=50",
     )
+    from detection.research.runs import load_detector
+
     rows = _csv(sweep / "benchmark.csv")
     assert {r["head"] for r in rows} == {"faster_rcnn", "light_head_rcnn"}
+    jobs = {}
+    for job in sweep.glob("[0-9]*"):
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        jobs[config["model"]["detector"]["head"]] = (job, config["model"]["backbone"]["name"])
+    assert sorted(r["head"] for r in rows) == sorted(jobs)  # one row per job
     for row in rows:
         assert row["status"] == "ok", row
         assert 0.0 <= float(row["test_mAP"]) <= 1.0
         assert float(row["infer_ms"]) > 0 and float(row["params_M"]) > 0 and float(row["epoch_s"]) > 0
         assert row["weights"] == "imagenet"
+        job, backbone = jobs[row["head"]]
+        assert row["backbone"] == backbone == "efficientnet_lite0"
+        metrics, timing = _json(job / "metrics.json"), _json(job / "timing.json")
+        for key in ("test/mAP", "test/mAP_50", "val/mAP"):
+            assert 0.0 <= float(row[key.replace("/", "_")]) <= 1.0
+            assert float(row[key.replace("/", "_")]) == pytest.approx(metrics[key]), key
+        assert float(row["train_s"]) == pytest.approx(timing["train_s"])
+        assert float(row["epoch_s"]) == pytest.approx(timing["epoch_s_estimate"])
+        detector = load_detector(metrics["best_checkpoint"])
+        assert float(row["params_M"]) * 1e6 == pytest.approx(sum(p.numel() for p in detector.parameters()))
     pair = _csv(sweep / "light_head_vs_faster.csv")
     assert len(pair) == 1 and float(pair[0]["head_ratio"]) > 0
-    assert (sweep / "benchmark.png").stat().st_size > 0
+    by_head, pair = {r["head"]: r for r in rows}, pair[0]
+    assert (pair["backbone"], pair["weights"]) == ("efficientnet_lite0", "imagenet")
+    assert pair["mAP_F"] == by_head["faster_rcnn"]["test_mAP"]
+    assert pair["mAP_LH"] == by_head["light_head_rcnn"]["test_mAP"]
+    for split in ("e2e", "head"):
+        light, faster = float(pair[f"{split}_LH"]), float(pair[f"{split}_F"])
+        assert float(pair[f"{split}_ratio"]) == pytest.approx(light / faster)
+    assert all(float(pair[f"{split}_{head}"]) > 0 for split in ("e2e", "head", "roi") for head in ("F", "LH"))
+    assert min(_png_size(sweep / "benchmark.png")) > 0
     assert "| faster_rcnn |" in (sweep / "benchmark.md").read_text() and "Light-Head" in out
     # the dashboards callback (in the default callbacks) wrote its plots and numbers for each job
     for job in ("0", "1"):
@@ -110,13 +180,31 @@ def test_transfer_study_pretrains_then_compares_three_backbone_starts(
     runs = _csv(sweep / "transfer_study_runs.csv")
     assert sorted(r["variant"] for r in runs) == ["fashion_mnist", "imagenet", "scratch"]
     assert all(r["status"] == "ok" for r in runs), runs
+    assert len(runs) == len(list(sweep.glob("[0-9]*")))  # one row per job
+    for run in runs:
+        metrics = _json(sweep / run["job"] / "metrics.json")
+        assert run["seed"] == "0"
+        for key in ("test/mAP", "test/mAP_50", "val/mAP"):
+            assert 0.0 <= float(run[key.replace("/", "_")]) <= 1.0
+            assert float(run[key.replace("/", "_")]) == pytest.approx(metrics[key]), key
     summary = _csv(sweep / "transfer_study.csv")
     assert [r["n"] for r in summary] == ["1", "1", "1"]
     assert all("±" in r["test_mAP"] for r in summary)
-    assert (sweep / "transfer_study.png").stat().st_size > 0
+    assert [r["variant"] for r in summary] == [
+        "(a) ImageNet",
+        "(b) Fashion-MNIST (ClassificationTask)",
+        "(c) from scratch",
+    ]
+    by_variant = {r["variant"]: r for r in runs}
+    for row, variant in zip(summary, ("imagenet", "fashion_mnist", "scratch")):
+        # one seed: the mean is that job's value and the sample standard deviation is 0
+        assert row["test_mAP"] == f"{float(by_variant[variant]['test_mAP']):.3f} ± 0.000"
+    assert min(_png_size(sweep / "transfer_study.png")) > 0
     fashion = next(sweep / r["job"] for r in runs if r["variant"] == "fashion_mnist")
     config = (fashion / ".hydra" / "overrides.yaml").read_text()
     assert "transfer.fashion_mnist_ckpt=" in config and "last.ckpt" in config
+    pretrained = (study / "pretrain" / "checkpoints" / "last.ckpt").resolve()
+    assert f"transfer.fashion_mnist_ckpt={pretrained}" in yaml.safe_load(config)
 
 
 def test_profile_backbone_writes_table_and_plot(tmp_path: Path) -> None:
@@ -137,12 +225,27 @@ def test_profile_backbone_writes_table_and_plot(tmp_path: Path) -> None:
         ("mobilenet_v3_large", "1"),
         ("mobilenet_v3_large", "2"),
     ]
+    from torch import nn
+
+    from detection.models import build_backbone
+
     for small, large in (rows[:2], rows[2:]):
         assert float(large["activations_MB"]) > float(small["activations_MB"]) > 0  # grows with the batch
+        # feature maps are per image: twice the batch keeps about twice the activations
+        assert float(large["activations_MB"]) == pytest.approx(2 * float(small["activations_MB"]), rel=0.1)
         assert float(small["gflops"]) > 0 and float(small["images_per_s"]) > 0
+        assert small["gflops"] == large["gflops"]  # per image
+        model = build_backbone(small["backbone"], weights=None, norm="bn", freeze_at=0)
+        for row in (small, large):
+            assert float(row["params_M"]) * 1e6 == pytest.approx(sum(p.numel() for p in model.parameters()))
+            assert int(row["width"]) == model.channels[-1]
+            assert int(row["depth"]) == sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    # torchvision's 1.81 GMACs for ResNet-18 at 224 px (its fc left out), at (64/224)^2 the pixels
+    assert float(rows[0]["gflops"]) == pytest.approx(2 * 1.8135 * (64 / 224) ** 2, rel=2e-3)
     assert rows[0]["memory_measure"] in ("peak RSS growth (CPU)", "CUDA max allocated")
     assert int(rows[2]["depthwise"]) > 0 and int(rows[0]["depthwise"]) == 0
     assert (tmp_path / "profile_backbone.png").stat().st_size > 0 and "resnet18" in out
+    assert min(_png_size(tmp_path / "profile_backbone.png")) > 0
 
 
 def test_export_fcos_matches_onnxruntime_on_fashiondet_images(
@@ -164,7 +267,34 @@ def test_export_fcos_matches_onnxruntime_on_fashiondet_images(
     assert n_torch > 0 and n_torch == n_onnx == int(onnx["matched"])
     assert float(onnx["max_box_err"]) <= 1e-3 and float(onnx["max_score_err"]) <= 1e-3
     assert rows["TorchScript (trace)"]["parity"].startswith("pass")
+    for name, row in rows.items():
+        assert row["head"] == "fcos" and row["images"] == "3", name
+        assert row["exported"].startswith("yes") and row["parity"] == "pass (atol 0.001)", row
+        n_torch, n_out = (int(v) for v in row["detections"].split(" / "))
+        assert n_torch > 0 and n_torch == n_out == int(row["matched"]), row
+        assert float(row["max_box_err"]) <= 1e-3 and float(row["max_score_err"]) <= 1e-3, row
+    assert (tmp_path / "fcos.torchscript.pt").is_file()
     assert (tmp_path / "export.png").stat().st_size > 0
+    assert min(_png_size(tmp_path / "export.png")) > 0
+
+
+def test_export_parity_fails_on_a_moved_box_a_changed_score_or_a_lost_detection() -> None:
+    from detection.research.export_check import compare, verdict
+
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 50]], dtype=np.float32)
+    scores, labels = np.array([0.9, 0.6, 0.5], dtype=np.float32), np.array([1, 2, 1])
+    ref = (boxes, scores, labels)
+    same = compare(ref, ref, 1e-3)
+    assert same["ok"] and same["matched"] == 3 and same["box_err"] == same["score_err"] == 0.0
+    moved = compare(ref, (boxes + np.array([0, 0, 0.01, 0]), scores, labels), 1e-3)
+    assert not moved["ok"] and moved["matched"] == 3 and moved["box_err"] == pytest.approx(0.01)
+    rescored = compare(ref, (boxes, scores + np.array([0, 0.01, 0]), labels), 1e-3)
+    assert not rescored["ok"] and rescored["score_err"] == pytest.approx(0.01)
+    assert not compare(ref, (boxes[1:], scores[1:], labels[1:]), 1e-3)["ok"]  # lost the best one
+    assert not compare(ref, (boxes, scores, np.array([2, 2, 1])), 1e-3)["ok"]  # relabelled
+    # the lowest score may fall either side of a top-k cut-off: losing it is a tie, not an error
+    assert compare(ref, (boxes[:2], scores[:2], labels[:2]), 1e-3)["ok"]
+    assert verdict([moved, same], 1e-3) == "FAIL (atol 0.001)" and verdict([same], 1e-3).startswith("pass")
 
 
 def test_overhead_prints_the_ratio_and_both_loops_agree(fashiondet_small_root: Path, tmp_path: Path) -> None:
@@ -182,7 +312,71 @@ def test_overhead_prints_the_ratio_and_both_loops_agree(fashiondet_small_root: P
     rows = _csv(tmp_path / "overhead.csv")
     assert [r["loop"] for r in rows] == ["plain PyTorch", "Lightning (steps)", "Lightning (whole fit())"]
     assert all(float(r["ratio"]) > 0 for r in rows)
+    plain = float(rows[0]["seconds"])
+    for row in rows:
+        assert float(row["ms_per_step"]) == pytest.approx(1000 * float(row["seconds"]) / 2)
+        assert float(row["ratio"]) == pytest.approx(float(row["seconds"]) / plain)
+    assert float(rows[2]["seconds"]) >= float(rows[1]["seconds"])  # the step clock runs inside fit()
     note = (tmp_path / "overhead.md").read_text()
-    difference = float(note.split("plain vs Lightning: ")[1].split(".\n")[0].rstrip("."))
+    found = re.search(r"plain vs Lightning: (\S+) \(the steps moved them by up to (\S+)\)", note)
+    assert found, note
+    difference, moved = float(found[1]), float(found[2])
     assert difference < 1e-5  # the same steps on the same batches: the same weights
+    assert moved > 1e-4 > difference  # ... and the steps did train: equal weights are no accident
     assert (tmp_path / "overhead.png").stat().st_size > 0
+    assert min(_png_size(tmp_path / "overhead.png")) > 0
+
+
+def test_benchmark_heads_prints_both_heads_per_image(tmp_path: Path) -> None:
+    out = _run(
+        "benchmark_heads.py",
+        "--size=64",
+        "--batch=2",
+        "--fpn-channels=32",
+        "--num-classes=5",
+        "--proposals=20",
+        "--runs=1",
+        "--warmup=0",
+    )
+    lines = out.strip().splitlines()
+    assert "input 64x64, batch 2, FPN 32 ch, 5 classes, Light-Head S, 1 thread(s)" in lines[0]
+    params = dict(re.findall(r"^\s+(\w+)\s+head parameters: ([\d.]+) M$", out, re.MULTILINE))
+    assert (
+        set(params) == {"faster_rcnn", "light_head_rcnn"}
+        and params["faster_rcnn"] != params["light_head_rcnn"]
+    )
+    table = {line[:18].strip(): [float(v) for v in line[18:].split()] for line in lines[-4:]}
+    assert list(table) == ["end to end", "head (RPN + RoI)", "RoI heads", "proposals/img"]
+    assert all(faster > 0 and light > 0 for faster, light, _ in table.values())
+    assert all(0 < n <= 20 for n in table["proposals/img"][:2])  # at most --proposals per image
+
+
+@pytest.mark.parametrize("script", sorted(TOOLS))
+def test_each_script_is_a_shim_that_loads_detection_research_first(script: str) -> None:
+    source = (SCRIPTS / script).read_text()
+    imports = [n for n in ast.parse(source).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    # the package sets the OpenMP wait policy, which only counts before torch is first imported
+    assert (
+        isinstance(imports[0], ast.ImportFrom)
+        and imports[0].module == f"detection.research.{TOOLS[script][0]}"
+    )
+    assert len(source.splitlines()) <= 30
+
+
+def test_detection_research_makes_openmp_wait_passively_unless_told_otherwise() -> None:
+    code = "import os, sys, detection.research; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE False"), ("ACTIVE", "ACTIVE False")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        proc = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout.strip() == expected, proc.stderr
+
+
+@pytest.mark.parametrize("script", sorted(TOOLS))
+def test_each_tool_keeps_its_command_line(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    module, flags = TOOLS[script]
+    tool = importlib.import_module(f"detection.research.{module}")
+    with pytest.raises(SystemExit) as exited:
+        tool.main(["--help"])
+    assert exited.value.code == 0
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", capsys.readouterr().out)) == flags | {"--help"}

@@ -38,3 +38,32 @@ def latency_ms_per_image(model: nn.Module, images: Sequence[Tensor], warmup: int
 
 def count_parameters(model: nn.Module, prefix: str | tuple[str, ...] = "") -> int:
     return sum(p.numel() for name, p in model.named_parameters() if name.startswith(prefix))
+
+
+@torch.no_grad()
+def rcnn_timings(model: nn.Module, images: list[Tensor], warmup: int = 1, runs: int = 3) -> dict[str, float]:
+    """Milliseconds per image of a torchvision-style R-CNN on one batch of `images`.
+
+    "end to end" is the whole forward pass, "head (RPN + RoI)" everything after the backbone + FPN
+    features (computed once, outside the clock), "RoI heads" the second stage alone on the first
+    pass's proposals; "proposals/img" is how many proposals the RPN kept per image.
+    """
+    model.eval()
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+
+    def head() -> None:
+        props, _ = model.rpn(batch, features)
+        model.roi_heads(features, props, batch.image_sizes)
+
+    def roi_heads() -> None:
+        model.roi_heads(features, proposals, batch.image_sizes)
+
+    n = len(images)
+    return {
+        "end to end": median_ms(lambda: model(images), warmup, runs) / n,
+        "head (RPN + RoI)": median_ms(head, warmup, runs) / n,
+        "RoI heads": median_ms(roi_heads, warmup, runs) / n,
+        "proposals/img": sum(len(p) for p in proposals) / n,
+    }

@@ -1,0 +1,79 @@
+"""Light-Head R-CNN vs Faster R-CNN inference time on the same backbone, FPN and input.
+
+Both detectors share one backbone (identical weights) and the same RPN settings, so the difference
+is the R-CNN subnet. Prints, per image: the whole forward pass ("end to end"), everything after
+the backbone + FPN features ("head": RPN + RoI heads), and the RoI heads alone; then the ratios
+Light-Head / Faster. No timing is asserted anywhere: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from torch import nn
+
+from detection.models import build_backbone, build_detector
+from detection.research.timing import count_parameters, rcnn_timings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="none", help="backbone weights: none or imagenet")
+    parser.add_argument("--size", type=int, default=512, help="input side in pixels (min_size = max_size)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--fpn-channels", type=int, default=256)
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept per image at test")
+    parser.add_argument("--variant", default="S", choices=("S", "L"), help="Light-Head thin-map variant")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def build_pair(args: argparse.Namespace) -> dict[str, nn.Module]:
+    """Faster and Light-Head R-CNN in eval mode, on copies of one randomly drawn backbone."""
+    torch.manual_seed(0)
+    body = build_backbone(args.backbone, weights=args.weights)
+    common = {
+        "num_classes": args.num_classes,
+        "neck": {"out_channels": args.fpn_channels, "extra_levels": "maxpool"},
+        "min_size": args.size,
+        "max_size": args.size,
+        "rpn_post_nms_top_n_test": args.proposals,
+    }
+    return {
+        "faster_rcnn": build_detector("faster_rcnn", backbone=copy.deepcopy(body), **common).eval(),
+        "light_head_rcnn": build_detector(
+            "light_head_rcnn", backbone=copy.deepcopy(body), variant=args.variant, **common
+        ).eval(),
+    }
+
+
+def report(args: argparse.Namespace, models: dict[str, nn.Module], results: dict[str, dict]) -> str:
+    lines = [
+        f"backbone {args.backbone} (weights {args.weights}), input {args.size}x{args.size}, "
+        f"batch {args.batch}, FPN {args.fpn_channels} ch, {args.num_classes} classes, "
+        f"Light-Head {args.variant}, {args.threads} thread(s), median of {args.runs} runs"
+    ]
+    for name, model in models.items():
+        head_params = count_parameters(model, ("rpn.", "roi_heads."))
+        lines.append(f"  {name:16s} head parameters: {head_params / 1e6:.2f} M")
+    lines.append(f"{'ms per image':18s}{'Faster R-CNN':>14s}{'Light-Head':>14s}{'ratio LH/F':>12s}")
+    for key, fast in results["faster_rcnn"].items():
+        light = results["light_head_rcnn"][key]
+        ratio = light / fast if fast else float("nan")
+        lines.append(f"{key:18s}{fast:14.1f}{light:14.1f}{ratio:12.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = build_pair(args)
+    images = [torch.rand(3, args.size, args.size) for _ in range(args.batch)]
+    results = {name: rcnn_timings(model, images, args.warmup, args.runs) for name, model in models.items()}
+    print(report(args, models, results))

@@ -1,0 +1,154 @@
+"""Transfer study: does the backbone's pretraining matter for detection, and how much?
+
+The same detector (conf/experiment/transfer_study.yaml: FCOS + EfficientNet-Lite0 on FashionDet,
+one fixed budget) with its backbone (a) ImageNet-pretrained, (b) pretrained by this template's
+ClassificationTask on Fashion-MNIST, (c) from scratch; each over the same seeds. Steps:
+
+1. pretrain once: `scripts/train.py experiment=pretrain_fashion_mnist` (skipped with --pretrained);
+2. the multirun `scripts/train.py -m experiment=transfer_study` over variant x seed;
+3. writes transfer_study.csv / .md (mean +- std per variant), transfer_study_runs.csv (every job)
+   and transfer_study.png into the multirun directory, and prints the table.
+
+Everything after `--` goes to the detection jobs as Hydra overrides; --pretrain-overrides to the
+pretraining run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from detection.research import sweeps
+from detection.research.tables import Job, group_by, mean_std, read_multirun, write_tables
+from detection.training import figures
+
+VARIANTS = ("imagenet", "fashion_mnist", "scratch")
+LABELS = {
+    "imagenet": "(a) ImageNet",
+    "fashion_mnist": "(b) Fashion-MNIST (ClassificationTask)",
+    "scratch": "(c) from scratch",
+}
+SUMMARY_COLUMNS = [
+    ("variant", "backbone pretraining", ""),
+    ("n", "seeds", ""),
+    *((key, f"{header} (mean ± std)", spec) for key, header, spec in sweeps.metric_columns("")),
+    ("train_s", "train s / job (mean)", ".0f"),
+]
+RUN_COLUMNS = [
+    ("job", "job", ""),
+    ("variant", "variant", ""),
+    ("seed", "seed", ""),
+    *sweeps.metric_columns(".4f"),
+    ("train_s", "train s", ".1f"),
+    ("status", "status", ""),
+]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = sweeps.sweep_parser(__doc__.splitlines()[0], "folder for the pretraining run and the multirun")
+    parser.add_argument("--pretrained", type=Path, help="an existing pretrain_fashion_mnist checkpoint")
+    parser.add_argument(
+        "--pretrain-overrides",
+        # one short epoch; the classifier's own warmup (50 steps) would outlast it
+        default="trainer.max_epochs=1 data.train_size=5120 model.scheduler.warmup_steps=4 "
+        "trainer.limit_val_batches=4",
+        help="Hydra overrides of the pretraining run (one string)",
+    )
+    parser.add_argument("--seeds", default="0,1,2")
+    return parser.parse_args(argv)
+
+
+def pretrain(out: Path, overrides: list[str]) -> Path:
+    """Pretrain a classifier on Fashion-MNIST into `out`/pretrain; its last checkpoint."""
+    run_dir = out / "pretrain"
+    sweeps.train("experiment=pretrain_fashion_mnist", f"hydra.run.dir={run_dir}", *overrides)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"the pretraining run wrote no {checkpoint}")
+    return checkpoint
+
+
+def launch(args: argparse.Namespace, overrides: list[str]) -> Path:
+    """Pretrain (unless given a checkpoint), run the variant x seed multirun; its directory."""
+    out = args.out or sweeps.stamped_dir(overrides, "transfer_study", "study")
+    checkpoint = args.pretrained or pretrain(out, shlex.split(args.pretrain_overrides))
+    sweep_dir = out / "multirun"
+    sweeps.train(
+        "-m",
+        "experiment=transfer_study",
+        f"transfer.fashion_mnist_ckpt={Path(checkpoint).resolve()}",
+        f"seed={args.seeds}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    )
+    return sweep_dir
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    return {**sweeps.job_results(job), "variant": job.get("transfer.variant"), "seed": job.get("seed")}
+
+
+def summary_row(variant: str, group: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over the seeds of one variant (the plot reads the raw values too)."""
+    row: dict[str, Any] = {"variant": LABELS.get(variant, variant), "key": variant, "n": len(group)}
+    for key in sweeps.METRICS:
+        mean, std = mean_std([r[key] for r in group])
+        row[key], row[f"{key}_mean"], row[f"{key}_std"] = f"{mean:.3f} ± {std:.3f}", mean, std
+    row["train_s"] = mean_std([r["train_s"] for r in group if r["train_s"] is not None])[0]
+    row["seeds"] = sorted(r["seed"] for r in group)
+    row["values"] = {k: [r[k] for r in group] for k in ("test_mAP", "test_mAP_50")}
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary row per variant that finished, the three of the study first."""
+    groups = group_by([r for r in rows if r["status"] == "ok"], lambda r: r["variant"])
+    order = [*VARIANTS, *sorted(set(groups) - set(VARIANTS))]
+    return [summary_row(variant, groups[variant]) for variant in order if variant in groups]
+
+
+def plot(summary: list[dict[str, Any]], path: Path, budget: str) -> Path:
+    figure = figures.new_figure(8.0, 3.8)
+    axes = figure.subplots(1, 2)
+    for ax, key, label in zip(axes, ("test_mAP", "test_mAP_50"), ("test mAP@[.5:.95]", "test mAP@0.5")):
+        for i, row in enumerate(summary):
+            colour = figures.COLOURS[i % len(figures.COLOURS)]
+            ax.bar(i, row[f"{key}_mean"], yerr=row[f"{key}_std"], color=colour, alpha=0.6, capsize=4)
+            values = row["values"][key]
+            offsets = [i + 0.12 * (j - (len(values) - 1) / 2) for j in range(len(values))]
+            ax.scatter(offsets, values, color="k", s=12)
+        ax.set_xticks(range(len(summary)), labels=[r["key"] for r in summary], fontsize=8)
+        ax.set(ylabel=label, title=label)
+        ax.grid(axis="y", alpha=0.3)
+    figure.suptitle(
+        f"Backbone pretraining, FCOS on FashionDet ({budget}); bars: mean ± std, dots: seeds", fontsize=9
+    )
+    return figures.save(figure, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    own, overrides = sweeps.split_argv(sys.argv[1:] if argv is None else argv)
+    args = parse_args(own)
+    sweep_dir = args.sweep_dir or launch(args, overrides)
+    rows = [job_row(job) for job in read_multirun(sweep_dir)]
+    summary = summarise(rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    budget = (
+        f"{ok[0]['train_batches']} batches / {ok[0]['train_images']} images per job"
+        if ok
+        else "no job finished"
+    )
+    runs_csv, _ = write_tables(rows, RUN_COLUMNS, sweep_dir / "transfer_study_runs")
+    csv_path, md_path = write_tables(
+        summary,
+        SUMMARY_COLUMNS,
+        sweep_dir / "transfer_study",
+        f"Budget: {budget}, same for every job; seeds {sorted({r['seed'] for r in ok})}. "
+        "std = sample standard deviation over seeds.",
+    )
+    png = plot(summary, sweep_dir / "transfer_study.png", budget) if summary else None
+    print(md_path.read_text())
+    print(f"Wrote {csv_path}, {md_path}, {runs_csv}" + (f", {png}" if png else ""))
