@@ -1,4 +1,4 @@
-"""Hand a resumed run's saved loader position to the training loader (see detection/data/resumable.py).
+"""Hand a resumed run's saved loader position to the training loader (see detection/data/loading.py).
 
 Lightning 2.6 gives a stateful train loader its saved state in `FitLoop.setup_data`, but only the
 first call of it does anything, and a task whose `configure_optimizers` reads

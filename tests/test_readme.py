@@ -1,0 +1,583 @@
+"""The README cannot drift: every command of its ```bash blocks runs, as written, in small settings.
+
+What is a command: each line of a fenced ```bash block of README.md, with a line that ends in `\\`
+joined to the next and a `#` comment stripped (shell rules: not inside quotes). Every command must
+start with `python scripts/` or `make `; anything else in a bash block fails this test, so put other
+text in another kind of block (```text, or none).
+
+How each command runs: with `helpers.run_script` (W&B offline, `helpers.subprocess_env`) from a
+fresh working directory under tmp, so that relative paths (`logs/`, `data/...`) land there as they
+land in the repository root for a user there; `paths.log_dir` is never set (the Optuna study file
+must find its place by itself). The command runs as written, then *only* small settings appended:
+
+- training (`python scripts/train.py ...`, also under `-m`): `helpers.tiny` (the small FashionDet
+  set written once per session, thin neck, random backbone, 2 batches; with `data=coco` without
+  the generator's keys), one epoch (two when the command resumes: `ckpt_path=`), and
+  `helpers.QUIET` (CSV logger only, no dashboards) except for `make train`, which keeps the default
+  experiment's W&B and dashboards; the Optuna search gets `hydra.sweeper.n_trials=2`. Backbone
+  pretraining (`experiment=pretrain_fashion_mnist`) gets a few Fashion-MNIST images instead; eval
+  and predict the small data set.
+- a research tool: small values of its own flags (argparse keeps the last of a repeated flag), and
+  for the tools that train, the training settings above after `--` (but the backbone weights,
+  which they choose per job).
+- a setting is never appended when the command sets that key itself.
+
+Special rules: `make test ...` is the command running this test: skipped. `make train ARGS="..."`
+runs as `python scripts/train.py ...`, the Makefile's recipe (asserted below). Another `make
+<target>` (lint, format: they act on the whole checkout) runs as `make -n <target>`: the target
+exists. Commands that need hardware or a cluster this machine lacks (`trainer=gpu`, `trainer=ddp`,
+`trainer=multinode`, `launcher=submitit_slurm`) run with Hydra's `--cfg job` (and without `-m`,
+which Hydra refuses next to `--cfg`): their config still composes, and the printed config holds
+their overrides.
+
+Placeholders are replaced by what an earlier command of the test produced:
+`logs/<task>/runs/<run>` and `ckpt_path=last` by a run of that task (the one the README's `make
+train` made for `fashiondet`, its `experiment=pretrain_fashion_mnist` command for
+`pretrain_fashion_mnist`), copied into the command's working directory; `<checkpoint>` by the
+pretraining run's `last.ckpt`; `<stamp>` by the newest folder an earlier command of the same
+section wrote there; `/path/to/dataset` by the small FashionDet set (a COCO layout) and `<C>` by its
+10 classes; `path/to/images` is created in the working directory with two test canvases.
+
+Each command must exit with status 0 and produce what it is for: a run with `metrics.json` and a
+checkpoint, the sweep's jobs, a table, a data set. Independent commands run two at a time (the
+runs are single-threaded; `README_TEST_WORKERS=1` runs them one by one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import QUIET, REPO, SCRIPTS, read_metrics, run_script, small_data, tiny, wandb_offline_runs
+
+README = REPO / "README.md"
+MAKEFILE = REPO / "Makefile"
+WORKERS = int(os.environ.get("README_TEST_WORKERS", "2"))
+TIMEOUT = 420  # seconds for one command (a few seconds each when the machine is free)
+
+# Runs that later commands take as placeholders: the task's name -> the README command making it.
+PRODUCERS = {
+    "fashiondet": "make train",
+    "pretrain_fashion_mnist": "python scripts/train.py experiment=pretrain_fashion_mnist",
+}
+# Overrides that ask for hardware or a cluster: composed only (`--cfg job`).
+NEEDS_HARDWARE = ("trainer=gpu", "trainer=ddp", "trainer=multinode", "launcher=submitit_slurm")
+# Fashion-MNIST pretraining in a few seconds.
+PRETRAIN_SMALL = [
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.test_size=32",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "data.eval_batch_size=16",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "extras.num_threads=1",
+]
+# The research tools' own flags, smallest setting; `{data}` is the small FashionDet set.
+TOOL_FLAGS = {
+    "benchmark": "--heads fcos --backbones resnet18 --images 2 --runs 1 --warmup 0",
+    "benchmark_heads": "--size 64 --fpn-channels 32 --num-classes 10 --proposals 50 --runs 1 --warmup 0",
+    "transfer_study": "--seeds 0",
+    "profile_backbone": "--backbones resnet18 --batch-sizes 1 --size 64 --steps 1 --warmup 0 --threads 1",
+    "export": "--heads fcos --data-root {data} --images 2 --threads 1",
+    "overhead": "--data-root {data} --preset small --steps 2 --batch-size 2 --repeats 1 --weights none",
+}
+# What each research tool must write (a Markdown table) or print.
+TOOL_TABLES = {
+    "benchmark": "benchmark.md",
+    "transfer_study": "transfer_study.md",
+    "profile_backbone": "profile_backbone.md",
+    "export": "export.md",
+    "overhead": "overhead.md",
+}
+TOOL_PRINTS = {"benchmark_heads": "ratio LH/F"}
+
+
+# ------------------------------------------------------------------------------------ the README
+@dataclass(frozen=True)
+class Command:
+    section: str
+    line: int
+    text: str  # as written, continuations joined, comment stripped
+
+    @property
+    def id(self) -> str:
+        return f"{self.section}: {self.text}"
+
+
+def readme_commands(text: str | None = None) -> list[Command]:
+    """Every command of the README's ```bash blocks, in order, with the `## ` section it is in."""
+    lines = (README.read_text() if text is None else text).splitlines()
+    commands, section, in_bash, pending, start = [], "", False, "", 0
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not in_bash:
+            if line.startswith("## "):
+                section = line[3:].strip()
+            in_bash = stripped == "```bash"
+            continue
+        if stripped.startswith("```"):
+            assert not pending, f"README.md:{start}: a `\\` continuation runs into the end of its block"
+            in_bash = False
+            continue
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending += stripped[:-1].rstrip() + " "
+            continue
+        joined, pending = _strip_comment(pending + stripped), ""
+        if joined:
+            commands.append(Command(section, start, joined))
+    return commands
+
+
+def _strip_comment(line: str) -> str:
+    """`line` without its `#` comment: a `#` at the start or after a blank, outside quotes."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+COMMANDS = readme_commands()
+
+
+def _tokens(command: Command) -> list[str]:
+    return shlex.split(command.text)
+
+
+def _overrides(tokens: list[str]) -> dict[str, str]:
+    """`key=value` arguments (Hydra's `+`, `++`, `~` prefixes dropped): key -> value."""
+    found = {}
+    for token in tokens:
+        if "=" in token and not token.startswith("-"):
+            key, value = token.split("=", 1)
+            found[key.lstrip("+~")] = value
+    return found
+
+
+def _add_missing(tokens: list[str], settings: list[str]) -> list[str]:
+    """`settings` whose key the command does not set itself."""
+    taken = set(_overrides(tokens))
+    return [s for s in settings if s.split("=", 1)[0].lstrip("+~") not in taken]
+
+
+def _needed_runs(tokens: list[str]) -> set[str]:
+    """The tasks whose run a command's placeholders (or `ckpt_path=last`) stand for."""
+    tasks = {m.group(1) for t in tokens for m in re.finditer(r"logs/(\w+)/runs/<run>", t)}
+    overrides = _overrides(tokens)
+    if overrides.get("ckpt_path") == "last":
+        tasks.add(overrides.get("task_name", "fashiondet"))
+    if any("<checkpoint>" in t for t in tokens):
+        tasks.add("pretrain_fashion_mnist")
+    return tasks
+
+
+def _needs_hardware(tokens: list[str]) -> bool:
+    return any(token in NEEDS_HARDWARE for token in tokens)
+
+
+# --------------------------------------------------------------------------------- running them
+@dataclass
+class Outcome:
+    command: Command
+    argv: list[str] = field(default_factory=list)
+    cwd: Path | None = None
+    result: subprocess.CompletedProcess[str] | None = None
+    seconds: float = 0.0
+    skipped: str | None = None
+    error: str | None = None  # the runner itself failed (a placeholder without its producer, ...)
+    before: set[Path] = field(default_factory=set)  # the run directories before it ran
+    given: dict[str, Path] = field(default_factory=dict)  # task -> the run its placeholders stand for
+
+
+def _runs(cwd: Path) -> set[Path]:
+    logs = cwd / "logs"
+    return set(logs.glob("*/runs/*")) | set(logs.glob("*/multiruns/*")) if logs.is_dir() else set()
+
+
+def _link_tree(source: Path, target: Path, links: bool = True) -> None:
+    """A copy of a run directory, made of hard links unless `links=False` (a command that rewrites
+    files in place) or the file system refuses them."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link if links else shutil.copy2, symlinks=True)
+
+
+class Runner:
+    """Runs the README's commands, each in a working directory of its own, and hands what earlier
+    commands made (the producers' runs, a section's `<stamp>` folders) to the commands that need it."""
+
+    def __init__(self, base: Path, data_root: Path) -> None:
+        self.base = base
+        self.data_root = data_root
+        self.producers: dict[str, Future[Outcome]] = {}  # task -> the producing command's outcome
+        self.started: list[tuple[Command, Future[Outcome]]] = []  # every command, in README order
+
+    # -- placeholders
+    def produced_run(self, task: str) -> Path:
+        if task not in self.producers:
+            raise LookupError(f"no README command produces a run of {task!r} for this placeholder")
+        outcome = self.producers[task].result()
+        new = [p for p in _runs(outcome.cwd) - outcome.before if p.parent.parent.name == task]
+        if outcome.result is None or outcome.result.returncode != 0 or len(new) != 1:
+            raise RuntimeError(f"`{outcome.command.text}` (the producer of {task!r}) made no run of it")
+        return new[0]
+
+    def _run_of(self, task: str, cwd: Path) -> Path:
+        """A run of `task` with a last.ckpt in `cwd`: the newest there, else the producer's, copied in."""
+        runs = cwd / "logs" / task / "runs"
+        own = sorted(
+            (p for p in runs.glob("*") if (p / "checkpoints" / "last.ckpt").is_file()),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if own:
+            return own[-1]
+        source = self.produced_run(task)
+        target = runs / source.name
+        _link_tree(source, target)
+        return target
+
+    def _stamp(self, command: Command, relative: str, cwd: Path) -> str:
+        """The newest folder that an earlier command of `command`'s section wrote in `relative`."""
+        found = []
+        for earlier, future in self.started:
+            if earlier.section == command.section and earlier.line < command.line:
+                folder = (future.result().cwd or self.base / "none") / relative
+                found += [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+        if not found:
+            raise LookupError(f"{relative}/<stamp>: no earlier command of {command.section!r} wrote there")
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        if not (cwd / relative / newest.name).exists():
+            _link_tree(newest, cwd / relative / newest.name, links=False)  # e.g. tables rewritten
+        return f"{relative}/{newest.name}"
+
+    def _substitute(self, command: Command, token: str, cwd: Path) -> str:
+        def run(match: re.Match[str]) -> str:
+            return f"logs/{match.group(1)}/runs/{self._run_of(match.group(1), cwd).name}"
+
+        def stamp(match: re.Match[str]) -> str:
+            return self._stamp(command, match.group(1), cwd)
+
+        token = re.sub(r"logs/(\w+)/runs/<run>", run, token)
+        token = re.sub(r"([\w./-]+)/<stamp>", stamp, token)
+        if "<checkpoint>" in token:
+            pretrain = self._run_of("pretrain_fashion_mnist", cwd)
+            token = token.replace("<checkpoint>", str(pretrain / "checkpoints" / "last.ckpt"))
+        token = token.replace("/path/to/dataset", str(self.data_root)).replace("<C>", "10")
+        if "path/to/images" in token:
+            images = cwd / "path" / "to" / "images"
+            images.mkdir(parents=True, exist_ok=True)
+            for source in sorted((self.data_root / "test").iterdir())[:2]:
+                shutil.copy(source, images / source.name)
+        unknown = re.findall(r"<[^<>\s]+>", token)
+        if unknown:
+            raise LookupError(f"no rule for the placeholder(s) {unknown} in {token!r}")
+        return token
+
+    # -- small settings
+    def _train_settings(self, arguments: list[str], quiet: bool = True) -> list[str]:
+        overrides = _overrides(arguments)
+        if overrides.get("experiment") == "pretrain_fashion_mnist":
+            settings = [*PRETRAIN_SMALL, "trainer.max_epochs=1"]
+        else:
+            settings = [
+                s
+                for s in tiny(self.data_root, self.base)
+                if not s.startswith("paths.log_dir=")
+                # a COCO set of one's own has no generator to set
+                and not (overrides.get("data") == "coco" and s.startswith("data.generate."))
+            ]
+            settings.append(f"trainer.max_epochs={2 if 'ckpt_path' in overrides else 1}")
+        if overrides.get("hparams_search") == "fashiondet_optuna":
+            settings.append("hydra.sweeper.n_trials=2")
+        return _add_missing(arguments, [*settings, *(QUIET if quiet else [])])
+
+    def _tool_arguments(self, script: str, arguments: list[str]) -> list[str]:
+        cut = arguments.index("--") if "--" in arguments else len(arguments)
+        own, overrides = arguments[:cut], arguments[cut + 1 :]
+        flags = shlex.split(TOOL_FLAGS[script].format(data=self.data_root))
+        if script == "transfer_study":
+            pretraining = [*PRETRAIN_SMALL, "trainer.max_epochs=1", *QUIET]
+            flags += ["--pretrain-overrides", shlex.join(pretraining)]
+        if script not in ("benchmark", "transfer_study"):
+            return [*own, *flags, *arguments[cut:]]
+        # the tools set the backbone weights of each job themselves: those stay
+        train = [s for s in self._train_settings(overrides) if not s.startswith("model.backbone.weights=")]
+        return [*own, *flags, "--", *overrides, *train]
+
+    # -- one command
+    def run(self, command: Command) -> Outcome:
+        outcome = Outcome(command)
+        tokens = _tokens(command)
+        try:
+            if tokens[0] == "make" and tokens[1] == "train":
+                values = dict(t.split("=", 1) for t in tokens[2:])
+                assert set(values) <= {"ARGS"}, f"make train takes ARGS only: {command.text}"
+                tokens = ["python", "scripts/train.py", *shlex.split(values.get("ARGS", ""))]
+            elif tokens[0] == "make":
+                return self._make(outcome, tokens)
+            assert tokens[0] == "python" and tokens[1].startswith("scripts/"), command.text
+            script = Path(tokens[1]).stem
+            outcome.cwd = cwd = self.base / f"line{command.line}"
+            cwd.mkdir()
+            for task in _needed_runs(tokens):
+                outcome.given[task] = self._run_of(task, cwd)
+            arguments = [self._substitute(command, t, cwd) for t in tokens[2:]]
+            if script in TOOL_FLAGS:
+                arguments = self._tool_arguments(script, arguments)
+            elif _needs_hardware(arguments):
+                arguments = [a for a in arguments if a not in ("-m", "--multirun")] + ["--cfg", "job"]
+            elif script == "train":
+                arguments += self._train_settings(arguments, quiet=command.text != PRODUCERS["fashiondet"])
+            elif script in ("eval", "predict"):
+                small = [s for s in small_data(self.data_root, self.base) if not s.startswith("paths.")]
+                extra = ["data.eval_batch_size=4", "extras.print_config=false"]
+                arguments += _add_missing(arguments, [*small, *extra])
+            elif script == "make_dataset":
+                arguments += _add_missing(
+                    arguments, ["data.generate.preset=small", "data.generate.workers=1"]
+                )
+            return self._script(outcome, script, arguments)
+        except Exception as error:  # reported by the command's test
+            outcome.error = f"{type(error).__name__}: {error}"
+            return outcome
+
+    def _script(self, outcome: Outcome, script: str, arguments: list[str]) -> Outcome:
+        assert (SCRIPTS / f"{script}.py").is_file(), f"README names scripts/{script}.py, which is missing"
+        assert outcome.cwd is not None
+        outcome.argv = [f"scripts/{script}.py", *arguments]
+        outcome.before = _runs(outcome.cwd)
+        started = time.perf_counter()
+        outcome.result = run_script(script, arguments, outcome.cwd, timeout=TIMEOUT, check=False)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _make(self, outcome: Outcome, tokens: list[str]) -> Outcome:
+        if tokens[1] == "test":
+            outcome.skipped = "`make test` is the command that runs this test"
+            return outcome
+        outcome.argv = ["make", "-n", *tokens[1:]]
+        started = time.perf_counter()
+        outcome.result = subprocess.run(outcome.argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+
+def _selected(session: pytest.Session) -> list[Command]:
+    """The commands of the tests pytest will run (after -k / node ids), plus their producers."""
+    chosen = {
+        item.callspec.params["command"]
+        for item in session.items
+        if getattr(item, "module", None) is not None
+        and item.module.__name__ == __name__
+        and hasattr(item, "callspec")
+        and "command" in item.callspec.params
+    }
+    needed = set(chosen)
+    for command in chosen:
+        for task in _needed_runs(_tokens(command)):
+            needed |= {c for c in COMMANDS if c.text == PRODUCERS.get(task)}
+        if "<stamp>" in command.text:
+            needed |= {c for c in COMMANDS if c.section == command.section and c.line < command.line}
+    return [c for c in COMMANDS if c in needed]
+
+
+@pytest.fixture(scope="module")
+def outcomes(
+    request: pytest.FixtureRequest, fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[Command, Future[Outcome]]]:
+    """Every selected command started in README order, WORKERS at a time; its Outcome when it ends.
+    A command waits only for earlier ones, which the pool started first: no wait can block it."""
+    runner = Runner(tmp_path_factory.mktemp("readme"), fashiondet_small_root)
+    futures: dict[Command, Future[Outcome]] = {}
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    try:
+        for command in _selected(request.session):
+            futures[command] = pool.submit(runner.run, command)
+            runner.started.append((command, futures[command]))
+            for task, producer in PRODUCERS.items():
+                if command.text == producer:
+                    runner.producers[task] = futures[command]
+        yield futures
+    finally:  # after `pytest -x` stopped early: the commands not started yet never start
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------ the checks
+def _report(outcome: Outcome) -> str:
+    result = outcome.result
+    assert result is not None
+    return (
+        f"README.md:{outcome.command.line} `{outcome.command.text}`\nran as: {' '.join(outcome.argv)}\n"
+        f"in {outcome.cwd}, exit status {result.returncode} after {outcome.seconds:.0f} s\n"
+        f"--- stdout (tail)\n{result.stdout[-3000:]}\n--- stderr (tail)\n{result.stderr[-6000:]}"
+    )
+
+
+def _expected_jobs(arguments: list[str]) -> int:
+    overrides = _overrides(arguments)
+    if "hydra.sweeper.n_trials" in overrides:
+        return int(overrides["hydra.sweeper.n_trials"])
+    count = 1
+    for key, value in overrides.items():
+        if not key.startswith("hydra.") and "," in value and not value.startswith(("[", "{")):
+            count *= len(value.split(","))
+    return count
+
+
+def _new_run(outcome: Outcome) -> Path:
+    """The one run (or multirun) directory the command made."""
+    new = sorted(_runs(outcome.cwd) - outcome.before)
+    assert len(new) == 1, f"expected one new run or multirun directory, found {new}\n{_report(outcome)}"
+    return new[0]
+
+
+def _check_training(outcome: Outcome, arguments: list[str]) -> None:
+    report = _report(outcome)
+    made = _new_run(outcome)
+    if made.parent.name == "multiruns":
+        jobs = sorted(p for p in made.iterdir() if p.is_dir() and p.name.isdigit())
+        assert len(jobs) == _expected_jobs(arguments), f"jobs {jobs}\n{report}"
+        for job in jobs:
+            assert not (job / "error.txt").exists(), (job / "error.txt").read_text() + report
+            assert "val/mAP" in read_metrics(job), report
+        if _overrides(arguments).get("hparams_search"):
+            assert (made / "optimization_results.yaml").is_file(), report
+            # the study is kept under the launch directory's logs/, not somewhere else
+            assert (outcome.cwd / "logs" / "optuna" / "fashiondet.db").is_file(), report
+        return
+    metrics = read_metrics(made)
+    assert (made / "checkpoints" / "last.ckpt").is_file(), report
+    assert any(k in metrics for k in ("test/mAP", "test/acc")), f"{sorted(metrics)}\n{report}"
+    for task, source in outcome.given.items():
+        if "ckpt_path" in _overrides(arguments) and task == made.parent.parent.name:
+            resumed_from = read_metrics(source)["global_step"]
+            assert metrics["global_step"] > resumed_from, f"no steps after the resumed checkpoint\n{report}"
+    if outcome.command.text == PRODUCERS["fashiondet"]:  # the default experiment: W&B offline, dashboards
+        assert wandb_offline_runs(made), report
+        assert list((made / "plots").glob("*.png")), report
+
+
+def _check_composed(outcome: Outcome, arguments: list[str]) -> None:
+    report = _report(outcome)
+    config = yaml.safe_load(outcome.result.stdout)
+    assert isinstance(config, dict) and "trainer" in config, report
+    assert config["trainer"]["accelerator"] == "gpu", report
+    for key, value in _overrides(arguments).items():
+        if "." in key and not key.startswith("hydra."):
+            node: Any = config
+            for part in key.split("."):
+                node = node[part]
+            assert node == yaml.safe_load(value), f"{key}: {node!r} != {value!r}\n{report}"
+
+
+def check(outcome: Outcome) -> None:
+    assert outcome.error is None, (
+        f"README.md:{outcome.command.line} `{outcome.command.text}`: {outcome.error}"
+    )
+    if outcome.skipped:
+        pytest.skip(outcome.skipped)
+    result = outcome.result
+    assert result is not None
+    print(f"{outcome.seconds:.1f} s: {' '.join(outcome.argv)}")  # shown with -rP, or on failure
+    assert result.returncode == 0, _report(outcome)
+    script, arguments = Path(outcome.argv[0]).stem, outcome.argv[1:]
+    if outcome.argv[0] == "make":
+        assert "ruff" in result.stdout, _report(outcome)
+    elif "--cfg" in arguments:
+        _check_composed(outcome, arguments)
+    elif script == "train":
+        _check_training(outcome, arguments)
+    elif script == "eval":
+        assert "test/mAP" in read_metrics(_new_run(outcome)), _report(outcome)
+    elif script == "predict":
+        made = _new_run(outcome)
+        records = json.loads((made / "predictions.json").read_text())
+        assert len(records) == 2 and len(list((made / "predictions").iterdir())) == 2, _report(outcome)
+    elif script == "make_dataset":
+        root = outcome.cwd / _overrides(arguments)["data.root"]
+        assert (root / "annotations" / "instances_train.json").is_file(), _report(outcome)
+    elif script in TOOL_TABLES:
+        tables = list(outcome.cwd.rglob(TOOL_TABLES[script]))  # a fresh directory: any table is new
+        assert len(tables) == 1 and "|" in tables[0].read_text(), _report(outcome)
+    elif script in TOOL_PRINTS:
+        assert TOOL_PRINTS[script] in result.stdout, _report(outcome)
+    else:
+        raise AssertionError(f"test_readme.py knows no product of scripts/{script}.py: add one")
+
+
+# ------------------------------------------------------------------------------------- the tests
+def test_every_bash_line_is_a_runnable_command() -> None:
+    assert COMMANDS, "README.md has no ```bash block"
+    for command in COMMANDS:
+        tokens = _tokens(command)
+        assert tokens[0] == "make" or (tokens[0] == "python" and tokens[1].startswith("scripts/")), (
+            f"README.md:{command.line}: `{command.text}` is neither `python scripts/...` nor `make ...`;"
+            " put it outside a ```bash block"
+        )
+        if tokens[0] == "python":
+            assert (REPO / tokens[1]).is_file(), f"README.md:{command.line}: no {tokens[1]}"
+    texts = {c.text for c in COMMANDS}
+    for producer in PRODUCERS.values():
+        assert producer in texts, f"later commands take the run of `{producer}`: keep it in the README"
+
+
+def test_make_train_is_train_py() -> None:
+    """`make train ARGS=...` is tested as `python scripts/train.py ...`: that is the Makefile's recipe."""
+    recipe = re.search(r"^train:.*\n((?:\t.*\n)+)", MAKEFILE.read_text(), re.MULTILINE)
+    assert recipe is not None
+    assert recipe.group(1).strip().splitlines()[-1] == "$(BIN)/python scripts/train.py $(ARGS)"
+
+
+def test_readme_links_resolve() -> None:
+    text = README.read_text()
+    assert "DESIGN.md" not in text
+    links = re.findall(r"\]\(([^)#\s]+\.md)(?:#([\w-]+))?\)", text)
+    assert any(path == "docs/results.md" for path, _ in links)
+    for path, anchor in links:
+        target = REPO / path
+        assert target.is_file(), path
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text(), re.MULTILINE)
+            slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"{path}#{anchor}: no such heading"
+
+
+def test_parsing_rule() -> None:
+    text = (
+        "## S\n```bash\npython scripts/a.py x=1 \\\n    y='a b'   # note\n# only a comment\n\nmake t\n```\n"
+    )
+    assert [c.text for c in readme_commands(text)] == ["python scripts/a.py x=1 y='a b'", "make t"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
+def test_readme_command(command: Command, outcomes: dict[Command, Future[Outcome]]) -> None:
+    check(outcomes[command].result())
