@@ -1,4 +1,4 @@
-"""DetectionDataModule: COCO-format splits (FashionDet by default) -> Lightning loaders.
+"""DetectionDataModule: COCO, Pascal VOC or YOLO splits (FashionDet by default) -> Lightning loaders.
 
 Batches are (images: list[Tensor float32 [3,H,W] in [0,1]], targets: list[{"boxes": float32
 [N,4] XYXY, "labels": int64 [N], "image_id": int}]); prediction batches are (images, [{"path",
@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from detection.data.coco import CocoDetection
-from detection.data.coco.validation import CocoFormatError, CocoStats
+from detection.data.coco.validation import CocoFormatError
+from detection.data.dataset import DetectionDataset
 from detection.data.fashiondet import make_fashiondet
 from detection.data.folder import ImageFolder
 from detection.data.loading import (
@@ -31,6 +31,8 @@ from detection.data.loading import (
     collate_detection,
     eval_sampler,
 )
+from detection.data.readers import make_reader
+from detection.data.records import DetectionStats, check_class_names
 from detection.data.transforms import build_eval_transforms, build_train_transforms
 
 __all__ = ["DetectionDataModule", "summary_table"]
@@ -50,10 +52,13 @@ def _absolute(path: str | Path) -> Path:
 
 
 def summary_table(
-    stats: Mapping[str, CocoStats], class_names: Sequence[str], max_class_rows: int = 30
+    stats: Mapping[str, DetectionStats],
+    class_names: Sequence[str],
+    max_class_rows: int = 30,
+    source: str = "",
 ) -> Table:
     """One table: a column per split; images, boxes, negatives, crowd, clipped, refused, boxes per class."""
-    table = Table(title="Detection data", title_justify="left")
+    table = Table(title=f"Detection data{f' ({source})' if source else ''}", title_justify="left")
     table.add_column("")
     for split in stats:
         table.add_column(split, justify="right")
@@ -61,7 +66,7 @@ def summary_table(
         ("images", "images"),
         ("boxes", "boxes"),
         ("negatives (no box)", "negatives"),
-        ("crowd (left out)", "crowd"),
+        ("crowd / difficult (left out)", "crowd"),
         ("clipped", "clipped"),
         ("refused", "refused"),
     ]
@@ -79,14 +84,19 @@ def summary_table(
 
 
 class DetectionDataModule(L.LightningDataModule):
-    """COCO-format train/val/test splits under `root`, plus an optional folder of images to predict.
+    """Train/val/test splits under `root` in one of `readers.FORMATS`, plus a folder of images to predict.
 
-    Layout under `root` (FashionDet's): annotations/instances_<split>.json, images in <split>/.
-    Other layouts: `<split>_ann` and `<split>_images` per split (relative to `root`, or absolute).
+    Layouts under `root` (`detection.data.readers`): coco (FashionDet's) annotations/
+    instances_<split>.json + <split>/; voc ImageSets/Main/<split>.txt + Annotations/ + JPEGImages/;
+    yolo images/<split>/ + labels/<split>/ + data.yaml. Other places: `<split>_ann` and
+    `<split>_images` per split (relative to `root`, or absolute).
 
     Args:
         root: the data set folder (relative paths are resolved against the launch directory).
-        num_classes: expected number of categories; checked against the JSON (None: take it).
+        format: "coco", "voc" or "yolo".
+        num_classes: expected number of classes; checked against the data (None: take it).
+        class_names: VOC's class list (names or a file of names) when the root has no labels.txt;
+            for COCO and YOLO, checked against the data's.
         generate: FashionDet generator arguments (`make_fashiondet`): the set is written under
             `root` on first use and reused while these parameters stay the same.
         batch_size, eval_batch_size: per-process batch sizes (eval defaults to batch_size).
@@ -94,7 +104,8 @@ class DetectionDataModule(L.LightningDataModule):
         group_aspect_ratio: k > 0 batches training images of similar width/height (2k+2 groups).
         cache_images: decode every image once into memory (uint8); for small sets.
         invalid_boxes: "error" or "drop" (counted as refused) for non-finite/empty/outside boxes.
-        check_files: check that all image files exist at setup.
+        check_files: check that all image files of a COCO file exist at setup (VOC and YOLO
+            readers find every image as they read).
         train_transforms, eval_transforms: keyword arguments of build_train_transforms /
             build_eval_transforms.
         predict_dir: folder of images for predict_dataloader.
@@ -106,6 +117,8 @@ class DetectionDataModule(L.LightningDataModule):
         self,
         root: str | Path | None = None,
         num_classes: int | None = None,
+        format: str = "coco",
+        class_names: Sequence[str] | str | None = None,
         generate: Mapping[str, Any] | None = None,
         train_ann: str | None = None,
         val_ann: str | None = None,
@@ -133,33 +146,20 @@ class DetectionDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.root = _absolute(root) if root is not None else None
         self.generate = dict(generate) if generate is not None else None
-        self.files = {
-            split: self._split_files(split, ann, images)
-            for split, ann, images in (
-                ("train", train_ann, train_images),
-                ("val", val_ann, val_images),
-                ("test", test_ann, test_images),
-            )
+        files = {
+            "train": (train_ann, train_images),
+            "val": (val_ann, val_images),
+            "test": (test_ann, test_images),
         }
+        self.reader = make_reader(format, self.root, files, class_names, invalid_boxes)
         self.num_classes = num_classes
         self.class_names: list[str] | None = None
-        self.datasets: dict[str, CocoDetection] = {}
-        self.stats: dict[str, CocoStats] = {}
+        self.datasets: dict[str, DetectionDataset] = {}
+        self.stats: dict[str, DetectionStats] = {}
         self.train_transforms = build_train_transforms(**(train_transforms or {}))
         self.eval_transforms = build_eval_transforms(**(eval_transforms or {}))
         self.predict_dir = _absolute(predict_dir) if predict_dir else None
         self._summary_printed = False
-
-    def _split_files(
-        self, split: str, ann: str | None, images: str | None
-    ) -> tuple[Path | None, Path | None]:
-        def resolve(value: str | None, default: str) -> Path | None:
-            if value is not None:
-                path = Path(value).expanduser()
-                return path if path.is_absolute() or self.root is None else self.root / path
-            return self.root / default if self.root is not None else None
-
-        return resolve(ann, f"annotations/instances_{split}.json"), resolve(images, split)
 
     # ------------------------------------------------------------------ preparation
     def prepare_data(self) -> None:
@@ -173,35 +173,50 @@ class DetectionDataModule(L.LightningDataModule):
         make_fashiondet(self.root, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.datasets:
-            if stage != "predict":
-                # Cheap when the set exists; lets the module work without a Trainer calling prepare_data.
-                self.prepare_data()
-            self._load_splits()
-        needed = _NEEDED.get(stage, ()) if stage else ()
-        for split in needed:
+        self._load(prepare=stage != "predict")
+        for split in _NEEDED.get(stage, ()) if stage else ():
             if split not in self.datasets:
-                ann, _ = self.files[split]
-                raise FileNotFoundError(
-                    f"The {split} split is needed for stage {stage!r} but its annotation file {ann} does not "
-                    f"exist. Set data.root to a folder laid out as annotations/instances_{split}.json + "
-                    f"{split}/, or point data.{split}_ann and data.{split}_images at your files"
-                )
+                raise FileNotFoundError(self.reader.missing_message(split, f"for stage {stage!r}"))
         if stage == "predict" and self.predict_dir is None:
             raise ValueError("Prediction needs data.predict_dir: a folder of images")
 
+    def check_splits(self, splits: Sequence[str], hints: Mapping[str, str] | None = None) -> None:
+        """Find, read and validate every split now (before a run trains); `splits` must be there.
+
+        A missing one raises FileNotFoundError with the reason and its hint in `hints` (what the
+        run can do without it), as does a root without any split. `num_classes` and
+        `class_names` are the data's afterwards.
+        """
+        self._load()
+        for split in splits:
+            if split not in self.datasets:
+                hint = (hints or {}).get(split)
+                message = self.reader.missing_message(split, "by this run")
+                raise FileNotFoundError(f"{message}{'. ' + hint if hint else ''}")
+        if not self.datasets:
+            raise FileNotFoundError(
+                f"No split found under {self.root} (data.format={self.reader.format}); the layout is "
+                f"{self.reader.layout('train')} (likewise val, test)"
+            )
+
+    def _load(self, prepare: bool = True) -> None:
+        if not self.datasets:
+            if prepare:
+                # Cheap when the set exists; lets the module work without a Trainer calling prepare_data.
+                self.prepare_data()
+            self._load_splits()
+
     def _load_splits(self) -> None:
         for split in SPLITS:
-            ann, images = self.files[split]
-            if ann is None or not ann.is_file():
+            if not self.reader.exists(split):
                 continue
-            self.datasets[split] = CocoDetection(
-                images,
-                ann,
+            self.datasets[split] = DetectionDataset(
+                self.reader.image_dir(split),
+                self.reader.read(split),
                 transforms=self.train_transforms if split == "train" else self.eval_transforms,
-                invalid_boxes=self.hparams.invalid_boxes,
-                check_files=self.hparams.check_files,
+                check_files=self.hparams.check_files and not self.reader.lists_images,
                 cache_images=self.hparams.cache_images,
+                error=self.reader.error,
             )
             self.stats[split] = self.datasets[split].stats
         if not self.datasets:
@@ -215,17 +230,18 @@ class DetectionDataModule(L.LightningDataModule):
                     f"{dataset.ann_file}: categories {theirs} differ from those of the {first_split} split "
                     f"({first.ann_file}): {ours}. All splits must list the same categories"
                 )
-        if self.num_classes is not None and int(self.num_classes) != first.num_classes:
-            raise ValueError(
-                f"{first.ann_file} has {first.num_classes} categories but data.num_classes="
-                f"{self.num_classes}. Set data.num_classes={first.num_classes} (the model's num_classes "
-                "follows it)"
-            )
+        given = self.reader.class_names if self.reader.format != "voc" else None
+        check_class_names(first.ann_file, first.class_names, given, self.num_classes)
         self.num_classes = first.num_classes
         self.class_names = first.class_names
         if self.hparams.print_summary and not self._summary_printed and rank_zero_only.rank == 0:
-            Console().print(summary_table(self.stats, self.class_names))
+            Console().print(self.summary())
         self._summary_printed = True
+
+    def summary(self) -> Table:
+        """The per-split summary table of the splits read so far."""
+        source = f"{self.reader.format}: {self.root}" if self.root is not None else self.reader.format
+        return summary_table(self.stats, self.class_names or [], source=source)
 
     # ------------------------------------------------------------------ loaders
     def _loader(
@@ -242,7 +258,7 @@ class DetectionDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def _dataset(self, split: str) -> CocoDetection:
+    def _dataset(self, split: str) -> DetectionDataset:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         return self.datasets[split]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from detection.models import architecture_spec, build_from_spec
+from detection.models.heads.classes import replace_classifier
 from detection.training.metrics import gather_map_states, map_metrics
 from detection.training.optim import build_optimizer_and_scheduler, optimizer_spec
 
@@ -32,7 +33,8 @@ class DetectionTask(L.LightningModule):
     the spec without the backbone's starting weights (the state dict holds every weight), so
     `DetectionTask.load_from_checkpoint(path)` rebuilds the detector alone, offline. `optimizer`
     is ``{"name": <torch.optim class>, "lr": ..., ...}``. A built module may be passed as
-    `detector_module` (then `detector` is only recorded).
+    `detector_module` (then `detector` is only recorded). `reset_classes`: data with another
+    number of classes than the detector's gets a new classification layer instead of an error.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class DetectionTask(L.LightningModule):
         class_names: Sequence[str] | None = None,
         map_backend: str = "faster_coco_eval",
         nonfinite_loss: str = "raise",
+        reset_classes: bool = False,
         detector_module: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -77,14 +80,28 @@ class DetectionTask(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(datamodule, "class_names", None)
         if names:
-            if self.hparams.class_names and list(self.hparams.class_names) != list(names):
-                log.warning(
-                    "Class names of the data (%s) differ from the checkpoint's (%s)",
-                    names,
-                    self.hparams.class_names,
-                )
+            self._match_classes(list(names))
             # Saved with the checkpoint so that eval/predict name classes without the data.
             self.hparams.class_names = list(names)
+
+    def _match_classes(self, names: list[str]) -> None:
+        """The data's classes against the detector's: other names warn; another count is an error,
+        or with reset_classes a new classification layer for the data's classes."""
+        count, known = int(self.hparams.detector["num_classes"]), list(self.hparams.class_names or [])
+        if len(names) == count:
+            if known and known != names:
+                log.warning("Class names of the data (%s) differ from the checkpoint's (%s)", names, known)
+            return
+        if not self.hparams.reset_classes:
+            raise ValueError(
+                f"The detector predicts {count} classes ({known or 'names unknown'}) but the data has "
+                f"{len(names)} ({names}). Use data with the detector's classes, or fine-tune with "
+                "++model.task.reset_classes=true for a new classification layer"
+            )
+        replace_classifier(self.detector, len(names))
+        log.warning("New classification layer: %d classes (%s) instead of %d", len(names), names, count)
+        self.hparams.detector = {**self.hparams.detector, "num_classes": len(names)}
+        self.hparams.reset_classes = False  # done: a checkpoint of this task holds the new layer
 
     @property
     def class_names(self) -> list[str]:
@@ -175,6 +192,13 @@ class DetectionTask(L.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("class_names")
+        names = self.hparams.class_names
+        if saved and names and len(saved) != len(names):  # resuming onto data with other classes
+            raise ValueError(
+                f"The checkpoint's detector predicts {len(saved)} classes ({saved}) but the data has "
+                f"{len(names)} ({names}); resuming needs the classes it was trained on"
+            )
         state = checkpoint.get("state_dict", {})
         for key in _LEGACY_STATE_KEYS:
             state.pop(key, None)

@@ -1,66 +1,35 @@
 """Read and validate a COCO detection annotation file into per-image box and label arrays.
 
 Every problem ends in a CocoFormatError that names the file, the record and what to fix, except
-two counted repairs: a box partly outside its image is clipped, and (with invalid_boxes="drop")
-boxes that are non-finite, empty or wholly outside are refused instead of failing the run.
+two counted repairs (the shared box checks of `detection.data.records.IndexBuilder`): a box
+partly outside its image is clipped, and (with invalid_boxes="drop") boxes that are non-finite,
+empty or wholly outside are refused instead of failing the run.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from detection.data.records import (
+    INVALID_BOX_POLICIES,
+    DataFormatError,
+    DetectionIndex,
+    DetectionStats,
+    IndexBuilder,
+    check_policy,
+)
 
-log = logging.getLogger(__name__)
+__all__ = ["INVALID_BOX_POLICIES", "CocoFormatError", "CocoIndex", "CocoStats", "parse_coco"]
 
-INVALID_BOX_POLICIES = ("error", "drop")
-_MAX_LISTED = 5
+# One record type for every format; the COCO names stay for the code that knows them.
+CocoStats = DetectionStats
+CocoIndex = DetectionIndex
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(DataFormatError):
     """A COCO file or one of its images is not usable; the message says which record and what to fix."""
-
-
-@dataclass
-class CocoStats:
-    """What a split holds after validation (boxes = the boxes used for training and evaluation)."""
-
-    images: int = 0
-    boxes: int = 0
-    boxes_per_class: list[int] = field(default_factory=list)
-    negatives: int = 0  # images without any usable box, kept as negatives
-    crowd: int = 0  # iscrowd=1 boxes, left out
-    clipped: int = 0  # boxes partly outside their image, clipped to it
-    refused: int = 0  # invalid boxes dropped (invalid_boxes="drop")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "images": self.images,
-            "boxes": self.boxes,
-            "boxes_per_class": list(self.boxes_per_class),
-            "negatives": self.negatives,
-            "crowd": self.crowd,
-            "clipped": self.clipped,
-            "refused": self.refused,
-        }
-
-
-@dataclass
-class CocoIndex:
-    """A validated COCO file: image records, categories and per-image XYXY boxes with labels."""
-
-    ann_file: Path
-    images: list[dict[str, Any]]  # {"id", "file_name", "width", "height"} in file order
-    category_ids: list[int]  # label -> COCO category id (sorted by id)
-    class_names: list[str]  # label -> category name
-    boxes: list[np.ndarray]  # per image float32 [N,4] XYXY, clipped to the image
-    labels: list[np.ndarray]  # per image int64 [N] in [0, C)
-    stats: CocoStats
 
 
 def _is_int(value: Any) -> bool:
@@ -104,9 +73,8 @@ def _load_json(path: Path) -> Any:
 
 
 def parse_coco(ann_file: str | Path, invalid_boxes: str = "error") -> CocoIndex:
-    """Validate `ann_file` and index its boxes per image (crowd boxes left out, counted)."""
-    if invalid_boxes not in INVALID_BOX_POLICIES:
-        raise ValueError(f"invalid_boxes must be one of {INVALID_BOX_POLICIES}, got {invalid_boxes!r}")
+    """Validate `ann_file` and index its boxes per image (crowd boxes kept aside, counted)."""
+    check_policy(invalid_boxes)
     path = Path(ann_file)
     data = _load_json(path)
     if not isinstance(data, dict):
@@ -128,12 +96,15 @@ def parse_coco(ann_file: str | Path, invalid_boxes: str = "error") -> CocoIndex:
     label_of = {cid: label for label, cid in enumerate(category_ids)}
     images = _images(path, data["images"])
     row_of = {image["id"]: row for row, image in enumerate(images)}
-
-    stats = CocoStats(images=len(images), boxes_per_class=[0] * len(category_ids))
-    per_image: list[list[tuple[float, float, float, float, int]]] = [[] for _ in images]
+    builder = IndexBuilder(
+        path,
+        images,
+        class_names,
+        category_ids=category_ids,
+        invalid_boxes=invalid_boxes,
+        error=CocoFormatError,
+    )
     seen_ann_ids: set[int] = set()
-    clipped_examples: list[str] = []
-    refused_examples: list[str] = []
     for position, ann in enumerate(data["annotations"]):
         where = f"{path}: annotation #{position}"
         if not isinstance(ann, dict):
@@ -155,80 +126,36 @@ def parse_coco(ann_file: str | Path, invalid_boxes: str = "error") -> CocoIndex:
                 "to 'images'"
             )
         row = row_of[image_id]
-        where = f"{where} (image id {image_id}, file {images[row]['file_name']!r})"
+        record = f"annotation id {ann_id} (image id {image_id}, file {images[row]['file_name']!r})"
         category_id = ann["category_id"]
         if not _is_int(category_id) or category_id not in label_of:
             known = category_ids[:20]
             raise CocoFormatError(
-                f"{where}: category_id {category_id!r} is not in 'categories' (ids {known}"
+                f"{path}: {record}: category_id {category_id!r} is not in 'categories' (ids {known}"
                 f"{' ...' if len(category_ids) > 20 else ''}). Fix the category_id or add the category"
             )
         crowd = ann.get("iscrowd", 0)
         if crowd not in (0, 1, False, True):
-            raise CocoFormatError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
-        if crowd:
-            stats.crowd += 1
-            continue
+            raise CocoFormatError(f"{path}: {record}: iscrowd must be 0 or 1, got {crowd!r}")
         bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            if crowd:  # never trained on: a crowd region without a usable box is only counted
+                builder.stats.crowd += 1
+                continue
             raise CocoFormatError(
-                f"{where}: bbox must be a list of 4 numbers [x, y, width, height], got {bbox!r}"
+                f"{path}: {record}: bbox must be a list of 4 numbers [x, y, width, height], got {bbox!r}"
             )
         x, y, w, h = (float(v) for v in bbox)
-        problem = None
-        if not all(math.isfinite(v) for v in (x, y, w, h)):
-            problem = f"bbox {bbox} has non-finite coordinates"
-        elif w <= 0 or h <= 0:
-            problem = f"bbox {bbox} has zero or negative width or height (w={w:g}, h={h:g})"
-        else:
-            width, height = images[row]["width"], images[row]["height"]
-            x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
-            if x1 <= x0 or y1 <= y0:
-                problem = f"bbox {bbox} lies entirely outside its {width}x{height} image"
-        if problem is not None:
-            if invalid_boxes == "error":
-                raise CocoFormatError(
-                    f"{where}: {problem}. Fix: correct or remove this annotation, or set "
-                    "data.invalid_boxes=drop to drop such boxes (they are counted as refused)"
-                )
-            stats.refused += 1
-            if len(refused_examples) < _MAX_LISTED:
-                refused_examples.append(f"annotation id {ann_id}: {problem}")
-            continue
-        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
-            stats.clipped += 1
-            if len(clipped_examples) < _MAX_LISTED:
-                clipped_examples.append(f"annotation id {ann_id} (image id {image_id}) {bbox}")
-        per_image[row].append((x0, y0, x1, y1, label_of[category_id]))
-
-    boxes, labels = [], []
-    for entries in per_image:
-        if entries:
-            array = np.asarray(entries, dtype=np.float64)
-            boxes.append(array[:, :4].astype(np.float32))
-            labels.append(array[:, 4].astype(np.int64))
-            for label in labels[-1]:
-                stats.boxes_per_class[label] += 1
-        else:
-            boxes.append(np.zeros((0, 4), np.float32))
-            labels.append(np.zeros(0, np.int64))
-            stats.negatives += 1
-    stats.boxes = sum(stats.boxes_per_class)
-    if stats.clipped:
-        log.warning(
-            "%s: clipped %d box(es) partly outside their image, e.g. %s",
-            path,
-            stats.clipped,
-            "; ".join(clipped_examples),
+        builder.add(
+            row,
+            (x, y, x + w, y + h),
+            label_of[category_id],
+            path=path,
+            record=record,
+            shown=f"bbox {bbox}",
+            crowd=bool(crowd),
         )
-    if stats.refused:
-        log.warning(
-            "%s: refused %d invalid box(es) (invalid_boxes=drop), e.g. %s",
-            path,
-            stats.refused,
-            "; ".join(refused_examples),
-        )
-    return CocoIndex(path, images, category_ids, class_names, boxes, labels, stats)
+    return builder.build()
 
 
 def _categories(path: Path, records: list[Any]) -> tuple[list[int], list[str]]:
