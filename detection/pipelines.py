@@ -12,7 +12,7 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detection.runtime.checkpoints import requeued_checkpoint, resolve_ckpt_path, run_dir_of
 from detection.runtime.launch import job_processes
@@ -25,6 +25,7 @@ from detection.runtime.logging import (
     print_metrics_table,
     select_metrics,
 )
+from detection.training.anchors import AnchorCoverageReport, resolve_anchor_sizes
 from detection.training.callbacks import LoaderStateCallback
 from detection.training.predictions import write_predictions
 
@@ -44,10 +45,13 @@ def train(cfg: DictConfig) -> float | None:
     # plain containers, not DictConfig, in the data module's hyper-parameters: they go into the
     # checkpoint, which must load with torch.load(weights_only=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    _check_data(cfg, datamodule)
+    _resolve_anchor_sizes(cfg, datamodule)
     # the task's arguments are plain data (specs, not configs): they go into its checkpoint
     task: L.LightningModule = hydra.utils.instantiate(cfg.model.task, _convert_="all")
     # the resumable training loader needs its state handed over on resume: always together
     callbacks = [*instantiate_group(cfg.get("callbacks"), "callback"), LoaderStateCallback()]
+    callbacks.append(AnchorCoverageReport())  # every detection run says what its anchors can match
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress bar callback with the bar switched off; the switch wins.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -124,6 +128,31 @@ def predict(cfg: DictConfig) -> Path:
     out = write_predictions(predictions, task.class_names, run_dir, score_thresh=cfg.score_thresh)
     log.info("Wrote %d predictions to %s", len(predictions), out)
     return out
+
+
+def _check_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """Every split the run uses is read and validated before the first step, and the model's
+    num_classes (``${data.num_classes}``) becomes the data's."""
+    if not hasattr(datamodule, "check_splits"):  # the classification data module checks at setup
+        return
+    splits = [
+        *(("train", "val") if cfg.get("train", True) else ()),
+        *(("test",) if cfg.get("test", True) else ()),
+    ]
+    datamodule.check_splits(splits, hints={"test": "Or run with test=false to train without testing"})
+    with open_dict(cfg):
+        cfg.data.num_classes = datamodule.num_classes
+
+
+def _resolve_anchor_sizes(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """``model.detector.anchor_sizes: auto`` becomes sizes from the training boxes, in the config
+    (so the logged config and the checkpoint's spec hold them and a reload rebuilds the same anchors)."""
+    detector = cfg.model.get("detector")
+    if detector is None or detector.get("anchor_sizes") != "auto":
+        return
+    sizes = resolve_anchor_sizes(OmegaConf.to_container(detector, resolve=True), datamodule)
+    with open_dict(cfg):
+        cfg.model.detector.anchor_sizes = sizes
 
 
 def _monitoring_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:

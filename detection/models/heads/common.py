@@ -1,11 +1,10 @@
-"""Pieces shared by the heads: the parts a detector declares, the input transform, stride-derived anchors."""
+"""Pieces shared by the heads: the parts a detector declares and the input transform."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detection.models.backbones import Backbone, Normalization
@@ -73,20 +72,3 @@ def build_transform(
 ) -> DetectionTransform:
     """Resize so the short side is `min_size` (long side at most `max_size`), normalise as `body`."""
     return DetectionTransform(body.normalization, int(min_size), int(max_size), int(size_divisible))
-
-
-def anchor_generator(
-    strides: Sequence[int],
-    anchor_scale: float,
-    scales_per_octave: int = 1,
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-) -> AnchorGenerator:
-    """Anchors of side ``anchor_scale * stride * 2**(i / scales_per_octave)`` on each level."""
-    sizes = tuple(
-        tuple(
-            float(anchor_scale) * s * 2 ** (i / int(scales_per_octave)) for i in range(int(scales_per_octave))
-        )
-        for s in strides
-    )
-    ratios = (tuple(float(r) for r in aspect_ratios),) * len(strides)
-    return AnchorGenerator(sizes, ratios)

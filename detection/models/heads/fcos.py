@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 
-from detection.models.heads.common import DetectorParts, anchor_generator, build_transform
+from detection.models.heads.anchors import anchor_generator
+from detection.models.heads.common import DetectorParts, build_transform
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
 

@@ -10,7 +10,8 @@ from torch import nn
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.ops.misc import Conv2dNormActivation
 
-from detection.models.heads.common import DetectorParts, anchor_generator, build_transform
+from detection.models.heads.anchors import anchor_generator
+from detection.models.heads.common import DetectorParts, build_transform
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
 
@@ -42,9 +43,10 @@ def build_retinanet(
     max_size: int = 128,
     size_divisible: int = 32,
     num_convs: int = 4,
-    head_norm: str | None = "none",
+    head_norm: str | None = "gn",
     prior_probability: float = 0.01,
     anchor_scale: float = 4.0,
+    anchor_sizes: Sequence[Sequence[float]] | None = None,
     scales_per_octave: int = 3,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     box_loss: str = "l1",
@@ -55,15 +57,19 @@ def build_retinanet(
     detections_per_img: int = 300,
     topk_candidates: int = 1000,
 ) -> RetinaNetDetector:
-    """RetinaNet with anchors of side ``anchor_scale * stride * 2**(i/scales_per_octave)``.
+    """RetinaNet with anchors of side ``anchor_scale * stride * 2**(i/scales_per_octave)``, or the
+    sides `anchor_sizes` gives per level (`detection.models.heads.anchors`).
 
-    Defaults follow the paper: 4 x stride, 3 scales x 3 ratios, four-conv towers without norm
-    (``head_norm="gn"`` and ``box_loss="giou"`` give torchvision's v2 head). Labels are
+    Anchors follow the paper by default (4 x stride, 3 scales x 3 ratios); the towers have
+    GroupNorm. Without a norm (``head_norm="none"``, the paper's head) the towers' 0.01-std
+    initialisation shrinks the signal about six-fold per layer at this template's FPN widths
+    (64-256 channels), so the classifier's input and its gradients vanish and the focal loss never
+    leaves its starting value. ``box_loss="giou"`` with GN gives torchvision's v2 head. Labels are
     [0, num_classes) in and out.
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"unknown box_loss {box_loss!r}; choose one of {BOX_LOSSES}")
-    anchors = anchor_generator(backbone.strides, anchor_scale, scales_per_octave, aspect_ratios)
+    anchors = anchor_generator(backbone.strides, anchor_scale, scales_per_octave, aspect_ratios, anchor_sizes)
     channels = backbone.out_channels
     head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=None)
     head.classification_head.conv = _tower(channels, num_convs, head_norm)

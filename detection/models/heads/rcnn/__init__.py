@@ -23,7 +23,15 @@ from detection.models.heads.rcnn.roi import build_roi_heads
 from detection.models.heads.rcnn.rpn import FeatureSelectRPN, build_rpn
 from detection.models.necks import DetectorBackbone
 
-__all__ = ["RCNN", "FeatureSelectRPN", "build_rcnn", "build_roi_heads", "build_rpn"]
+__all__ = [
+    "COCO_COUNTS",
+    "RCNN",
+    "FeatureSelectRPN",
+    "build_rcnn",
+    "build_roi_heads",
+    "build_rpn",
+    "proposal_counts",
+]
 
 
 class RCNN(DetectorParts, GeneralizedRCNN):
@@ -51,6 +59,38 @@ class RCNN(DetectorParts, GeneralizedRCNN):
         return [{**d, "labels": d["labels"] - 1} for d in out]
 
 
+# torchvision's Faster R-CNN values, made for COCO inputs resized to 800 x 1333
+COCO_COUNTS = {
+    "rpn_pre_nms_top_n_train": 2000,
+    "rpn_pre_nms_top_n_test": 1000,
+    "rpn_post_nms_top_n_train": 2000,
+    "rpn_post_nms_top_n_test": 1000,
+    "rpn_batch_size_per_image": 256,
+    "box_batch_size_per_image": 512,
+}
+_COUNT_FLOORS = {
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_pre_nms_top_n_test": 100,
+    "rpn_post_nms_top_n_train": 100,
+    "rpn_post_nms_top_n_test": 100,
+    "rpn_batch_size_per_image": 64,
+    "box_batch_size_per_image": 64,
+}
+
+
+def proposal_counts(min_size: int, max_size: int) -> dict[str, int]:
+    """RPN top-n and sampling counts for inputs of `min_size` x `max_size`.
+
+    The COCO values scaled by the input area against COCO's 800 x 1333 (anchors, and so
+    proposals worth keeping, grow with the area), never above them and never below a floor that
+    keeps recall on small inputs. 128 px (FashionDet): 200 / 100 pre-NMS (train / test), 100 / 100
+    post-NMS, 64 RPN and 64 box samples per image; 800 x 1333 and above: the COCO values. Detections
+    per image stay 100 (COCO's mAP counts the best 100).
+    """
+    scale = min(1.0, (int(min_size) * int(max_size)) / (800 * 1333))
+    return {k: max(_COUNT_FLOORS[k], round(v * scale)) for k, v in COCO_COUNTS.items()}
+
+
 def build_rcnn(
     backbone: DetectorBackbone,
     num_classes: int,
@@ -62,16 +102,18 @@ def build_rcnn(
     max_size: int = 128,
     size_divisible: int = 32,
     anchor_scale: float = 4.0,
+    anchor_sizes: Sequence[Sequence[float]] | None = None,
+    scales_per_octave: int = 1,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     rpn_head_convs: int = 1,
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
+    rpn_pre_nms_top_n_train: int | None = None,
+    rpn_pre_nms_top_n_test: int | None = None,
+    rpn_post_nms_top_n_train: int | None = None,
+    rpn_post_nms_top_n_test: int | None = None,
     rpn_nms_thresh: float = 0.7,
     rpn_fg_iou_thresh: float = 0.7,
     rpn_bg_iou_thresh: float = 0.3,
-    rpn_batch_size_per_image: int = 256,
+    rpn_batch_size_per_image: int | None = None,
     rpn_positive_fraction: float = 0.5,
     rpn_score_thresh: float = 0.0,
     box_score_thresh: float = 0.05,
@@ -79,29 +121,43 @@ def build_rcnn(
     box_detections_per_img: int = 100,
     box_fg_iou_thresh: float = 0.5,
     box_bg_iou_thresh: float = 0.5,
-    box_batch_size_per_image: int = 512,
+    box_batch_size_per_image: int | None = None,
     box_positive_fraction: float = 0.25,
     bbox_reg_weights: Sequence[float] | None = None,
 ) -> RCNN:
     """An R-CNN around the RoI subnet (`box_roi_pool` -> `box_head` -> `representation_size`).
 
-    Anchors: one size per FPN level, ``anchor_scale x stride`` with `aspect_ratios`; the default 4
-    gives 32 px at stride 8, the smallest anchor of the usual P2-P6 setting (8 x stride from 4).
-    The ``rpn_*`` and ``box_*`` knobs mirror `torchvision.models.detection.FasterRCNN`'s.
+    Anchors: ``scales_per_octave`` sizes per FPN level from ``anchor_scale x stride`` (or
+    `anchor_sizes`) with `aspect_ratios`; the default (4, one size) gives 32 px at stride 8, the
+    smallest anchor of the usual P2-P6 setting (8 x stride from 4). The ``rpn_*`` and ``box_*`` knobs mirror
+    `torchvision.models.detection.FasterRCNN`'s; the proposal and sampling counts left at None
+    follow the input size (`proposal_counts`).
     """
+    counts = proposal_counts(min_size, max_size)
+    given = {
+        "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
+        "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
+        "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
+        "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
+        "rpn_batch_size_per_image": rpn_batch_size_per_image,
+        "box_batch_size_per_image": box_batch_size_per_image,
+    }
+    counts.update({k: int(v) for k, v in given.items() if v is not None})
     rpn = build_rpn(
         backbone,
         anchor_scale=anchor_scale,
+        anchor_sizes=anchor_sizes,
+        scales_per_octave=scales_per_octave,
         aspect_ratios=aspect_ratios,
         head_convs=rpn_head_convs,
-        pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-        pre_nms_top_n_test=rpn_pre_nms_top_n_test,
-        post_nms_top_n_train=rpn_post_nms_top_n_train,
-        post_nms_top_n_test=rpn_post_nms_top_n_test,
+        pre_nms_top_n_train=counts["rpn_pre_nms_top_n_train"],
+        pre_nms_top_n_test=counts["rpn_pre_nms_top_n_test"],
+        post_nms_top_n_train=counts["rpn_post_nms_top_n_train"],
+        post_nms_top_n_test=counts["rpn_post_nms_top_n_test"],
         nms_thresh=rpn_nms_thresh,
         fg_iou_thresh=rpn_fg_iou_thresh,
         bg_iou_thresh=rpn_bg_iou_thresh,
-        batch_size_per_image=rpn_batch_size_per_image,
+        batch_size_per_image=counts["rpn_batch_size_per_image"],
         positive_fraction=rpn_positive_fraction,
         score_thresh=rpn_score_thresh,
     )
@@ -112,7 +168,7 @@ def build_rcnn(
         num_classes,
         fg_iou_thresh=box_fg_iou_thresh,
         bg_iou_thresh=box_bg_iou_thresh,
-        batch_size_per_image=box_batch_size_per_image,
+        batch_size_per_image=counts["box_batch_size_per_image"],
         positive_fraction=box_positive_fraction,
         bbox_reg_weights=bbox_reg_weights,
         score_thresh=box_score_thresh,

@@ -10,7 +10,7 @@ from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
-from detection.models.heads.common import anchor_generator
+from detection.models.heads.anchors import anchor_generator
 from detection.models.necks import DetectorBackbone
 
 
@@ -35,6 +35,8 @@ def build_rpn(
     backbone: DetectorBackbone,
     *,
     anchor_scale: float,
+    anchor_sizes: Sequence[Sequence[float]] | None,
+    scales_per_octave: int,
     aspect_ratios: Sequence[float],
     head_convs: int,
     pre_nms_top_n_train: int,
@@ -48,8 +50,9 @@ def build_rpn(
     positive_fraction: float,
     score_thresh: float,
 ) -> FeatureSelectRPN:
-    """RPN over every FPN level with one anchor size per level (anchor_scale x stride)."""
-    anchors = anchor_generator(backbone.strides, anchor_scale, 1, aspect_ratios)
+    """RPN over every FPN level; anchors ``anchor_scale x stride x 2**(i / scales_per_octave)``, or
+    `anchor_sizes` (one list per level)."""
+    anchors = anchor_generator(backbone.strides, anchor_scale, scales_per_octave, aspect_ratios, anchor_sizes)
     head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=int(head_convs))
     return FeatureSelectRPN(
         backbone.names,
