@@ -39,15 +39,16 @@ def _run(data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, *ext
 @pytest.mark.parametrize(
     ("model", "part"),
     [("retinanet", "RetinaNet anchors"), ("faster_rcnn", "RPN anchors"), ("fcos", "FCOS level assignment")],
+    ids=["retinanet", "faster_rcnn", "fcos"],
 )
 def test_auto_anchors_are_resolved_reported_and_kept(
     model: str, part: str, fashiondet_small_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run_dir = _run(fashiondet_small_root, tmp_path, caplog, f"model={model}")
+    run_dir = _run(fashiondet_small_root, tmp_path, caplog, f"experiment=fashiondet_{model}")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("anchor coverage")]
     assert len(lines) == 1 and f"anchor coverage, {part}: " in lines[0], lines
     share = float(lines[0].split(": ")[1].split("%")[0]) / 100
-    assert share >= COVERAGE_WARNING  # the defaults fit FashionDet's boxes: no warning
+    assert share >= COVERAGE_WARNING  # the recipes fit FashionDet's boxes: no warning
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == LOGGER]
     if model == "fcos":
         return
