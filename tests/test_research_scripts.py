@@ -62,7 +62,7 @@ TOOLS = {
     "benchmark_heads.py": (
         "heads",
         {"--backbone", "--weights", "--size", "--batch", "--fpn-channels", "--num-classes", "--proposals"}
-        | {"--variant", "--warmup", "--runs", "--threads"},
+        | {"--variant", "--warmup", "--runs", "--threads", "--checkpoints", "--data-root"},
     ),
     "transfer_study.py": (
         "transfer",

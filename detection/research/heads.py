@@ -4,6 +4,11 @@ Both detectors share one backbone (identical weights) and the same RPN settings,
 is the R-CNN subnet. Prints, per image: the whole forward pass ("end to end"), everything after
 the backbone + FPN features ("head": RPN + RoI heads), and the RoI heads alone; then the ratios
 Light-Head / Faster. No timing is asserted anywhere: the figures depend on the machine.
+
+With ``--checkpoints FASTER LIGHT_HEAD`` the two trained detectors (DetectionTask checkpoints, e.g.
+of experiment=fashiondet_faster_rcnn and fashiondet_light_head_rcnn) are timed instead, rebuilt
+from their specs at ``--size`` (so their proposal counts follow that input size) with their own
+weights; ``--data-root`` times them on that COCO-layout set's first test images.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import copy
 import torch
 from torch import nn
 
-from detection.models import build_backbone, build_detector
+from detection.models import build_backbone, build_detector, build_from_spec
+from detection.research.runs import split_images
 from detection.research.timing import count_parameters, rcnn_timings
 
 
@@ -26,7 +32,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--fpn-channels", type=int, default=256)
     parser.add_argument("--num-classes", type=int, default=80)
-    parser.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept per image at test")
+    parser.add_argument(
+        "--proposals",
+        type=int,
+        default=None,
+        help="RPN proposals kept per image at test (default 1000; with --checkpoints the spec's)",
+    )
+    parser.add_argument(
+        "--checkpoints", nargs=2, metavar=("FASTER", "LIGHT_HEAD"), help="time these trained detectors"
+    )
+    parser.add_argument("--data-root", help="time on this set's first --batch test images (default: random)")
     parser.add_argument("--variant", default="S", choices=("S", "L"), help="Light-Head thin-map variant")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
@@ -43,7 +58,7 @@ def build_pair(args: argparse.Namespace) -> dict[str, nn.Module]:
         "neck": {"out_channels": args.fpn_channels, "extra_levels": "maxpool"},
         "min_size": args.size,
         "max_size": args.size,
-        "rpn_post_nms_top_n_test": args.proposals,
+        "rpn_post_nms_top_n_test": args.proposals or 1000,
     }
     return {
         "faster_rcnn": build_detector("faster_rcnn", backbone=copy.deepcopy(body), **common).eval(),
@@ -53,9 +68,35 @@ def build_pair(args: argparse.Namespace) -> dict[str, nn.Module]:
     }
 
 
+def load_pair(args: argparse.Namespace) -> dict[str, nn.Module]:
+    """The two trained detectors of `args.checkpoints`, rebuilt for `args.size` px inputs."""
+    models = {}
+    for name, path in zip(("faster_rcnn", "light_head_rcnn"), args.checkpoints, strict=True):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        spec = {**checkpoint["hyper_parameters"]["detector"], "min_size": args.size, "max_size": args.size}
+        if args.proposals:
+            spec["rpn_post_nms_top_n_test"] = args.proposals
+        if spec.get("head") != name:
+            raise ValueError(f"{path} holds a {spec.get('head')} detector; --checkpoints takes {name} here")
+        model = build_from_spec(spec)
+        state = {
+            k.removeprefix("detector."): v
+            for k, v in checkpoint["state_dict"].items()
+            if k.startswith("detector.")
+        }
+        model.load_state_dict(state)
+        models[name] = model.eval()
+    return models
+
+
 def report(args: argparse.Namespace, models: dict[str, nn.Module], results: dict[str, dict]) -> str:
     lines = [
-        f"backbone {args.backbone} (weights {args.weights}), input {args.size}x{args.size}, "
+        (
+            f"checkpoints {', '.join(args.checkpoints)}, input {args.size}x{args.size}, "
+            if args.checkpoints
+            else ""
+        )
+        + f"backbone {args.backbone} (weights {args.weights}), input {args.size}x{args.size}, "
         f"batch {args.batch}, FPN {args.fpn_channels} ch, {args.num_classes} classes, "
         f"Light-Head {args.variant}, {args.threads} thread(s), median of {args.runs} runs"
     ]
@@ -73,7 +114,11 @@ def report(args: argparse.Namespace, models: dict[str, nn.Module], results: dict
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = build_pair(args)
-    images = [torch.rand(3, args.size, args.size) for _ in range(args.batch)]
+    models = load_pair(args) if args.checkpoints else build_pair(args)
+    torch.manual_seed(0)
+    if args.data_root:
+        images, _ = split_images(args.data_root, args.batch, "test")
+    else:
+        images = [torch.rand(3, args.size, args.size) for _ in range(args.batch)]
     results = {name: rcnn_timings(model, images, args.warmup, args.runs) for name, model in models.items()}
     print(report(args, models, results))
