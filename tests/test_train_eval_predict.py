@@ -22,6 +22,26 @@ def _script_overrides(data_root: Path, log_dir: Path) -> list[str]:
     return [*small_data(data_root, log_dir), "data.eval_batch_size=8"]
 
 
+def _evaluate(checkpoint: str | Path, data_root: Path, tmp_path: Path) -> dict:
+    """`scripts/eval.py ckpt_path=<checkpoint>` on the small set; its metrics.json."""
+    run_script(
+        "eval",
+        [f"ckpt_path={checkpoint}", *_script_overrides(data_root, tmp_path / "logs")],
+        tmp_path,
+        timeout=300,
+    )
+    return read_metrics(single_run_dir(tmp_path / "logs", "eval"))
+
+
+def _assert_same_test_metrics(evaluated: dict, trained: dict) -> None:
+    test_names = sorted(k for k in trained if k.startswith("test/"))
+    assert "test/mAP" in test_names and "test/AP/Sandal" in test_names
+    assert sorted(k for k in evaluated if k.startswith("test/")) == test_names
+    assert trained["test/mAR_100"] > 0  # some boxes match: the comparison below is not of zeros only
+    for name in test_names:
+        assert math.isclose(evaluated[name], trained[name], rel_tol=0, abs_tol=1e-6), name
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_eval_repeats_the_training_test(
@@ -29,22 +49,10 @@ def test_eval_repeats_the_training_test(
 ) -> None:
     reference = reference_run(fashiondet_small_root, tmp_path_factory)
     trained = read_metrics(reference)
-    tmp_path = tmp_path_factory.mktemp("eval")
     checkpoint = trained["best_checkpoint"]
-    run_script(
-        "eval",
-        [f"ckpt_path={checkpoint}", *_script_overrides(fashiondet_small_root, tmp_path / "logs")],
-        tmp_path,
-        timeout=300,
-    )
-    evaluated = read_metrics(single_run_dir(tmp_path / "logs", "eval"))
+    evaluated = _evaluate(checkpoint, fashiondet_small_root, tmp_path_factory.mktemp("eval"))
     assert evaluated["checkpoint"] == checkpoint
-    test_names = sorted(k for k in trained if k.startswith("test/"))
-    assert "test/mAP" in test_names and "test/AP/Sandal" in test_names
-    assert sorted(k for k in evaluated if k.startswith("test/")) == test_names
-    assert trained["test/mAR_100"] > 0  # some boxes match: the comparison below is not of zeros only
-    for name in test_names:
-        assert math.isclose(evaluated[name], trained[name], rel_tol=0, abs_tol=1e-6), name
+    _assert_same_test_metrics(evaluated, trained)
 
 
 def _targets(value: object) -> list[str]:
@@ -97,17 +105,7 @@ def test_checkpoint_of_the_earlier_format_evaluates_the_same(
         "detection.models.build_detector",
         "torch.optim.AdamW",
     ]
-    run_script(
-        "eval",
-        [f"ckpt_path={earlier}", *_script_overrides(fashiondet_small_root, tmp_path / "logs")],
-        tmp_path,
-        timeout=300,
-    )
-    evaluated = read_metrics(single_run_dir(tmp_path / "logs", "eval"))
-    test_names = sorted(k for k in trained if k.startswith("test/"))
-    assert trained["test/mAR_100"] > 0
-    for name in test_names:
-        assert math.isclose(evaluated[name], trained[name], rel_tol=0, abs_tol=1e-6), name
+    _assert_same_test_metrics(_evaluate(earlier, fashiondet_small_root, tmp_path), trained)
 
 
 @pytest.fixture(scope="module")
