@@ -11,12 +11,14 @@ land in the repository root for a user there; `paths.log_dir` is never set (the 
 must find its place by itself). The command runs as written, then *only* small settings appended:
 
 - training (`python scripts/train.py ...`, also under `-m`): `helpers.tiny` (the small FashionDet
-  set written once per session, thin neck, random backbone, 2 batches; with `data=coco` without
-  the generator's keys), one epoch (two when the command resumes: `ckpt_path=`), and
+  set written once per session, thin neck, random backbone, 2 batches; with `data=coco|voc|yolo`
+  without the generator's keys), one epoch (two when the command resumes: `ckpt_path=`), and
   `helpers.QUIET` (CSV logger only, no dashboards) except for `make train`, which keeps the default
   experiment's W&B and dashboards; the Optuna search gets `hydra.sweeper.n_trials=2`. Backbone
   pretraining (`experiment=pretrain_fashion_mnist`) gets a few Fashion-MNIST images instead; eval
   and predict the small data set.
+- `convert_data.py` and `inspect_data.py`: with `data=fashiondet` (their default) the small set,
+  with a data set of files (`data=coco|voc|yolo`) nothing; `inspect_data.py` draws `num_images=4`.
 - a research tool: small values of its own flags (argparse keeps the last of a repeated flag), and
   for the tools that train, the training settings above after `--` (but the backbone weights,
   which they choose per job).
@@ -35,12 +37,17 @@ Placeholders are replaced by what an earlier command of the test produced:
 train` made for `fashiondet`, its `experiment=pretrain_fashion_mnist` command for
 `pretrain_fashion_mnist`), copied into the command's working directory; `<checkpoint>` by the
 pretraining run's `last.ckpt`; `<stamp>` by the newest folder an earlier command of the same
-section wrote there; `/path/to/dataset` by the small FashionDet set (a COCO layout) and `<C>` by its
-10 classes; `path/to/images` is created in the working directory with two test canvases.
+section wrote there; `/path/to/dataset` by the small FashionDet set (a COCO layout); any other
+`/path/to/<name>` by the data set that an earlier README command `convert_data.py ...
+out=/path/to/<name>` wrote (that command writes it under its own working directory, as
+`path/to/<name>`; the later commands read it there); `path/to/images` is created in the working
+directory with two test canvases.
 
 Each command must exit with status 0 and produce what it is for: a run with `metrics.json` and a
-checkpoint, the sweep's jobs, a table, a data set. Independent commands run two at a time (the
-runs are single-threaded; `README_TEST_WORKERS=1` runs them one by one).
+checkpoint, the sweep's jobs, a table, a data set (`convert_data.py`: every split it names in the
+target layout, each image with its annotation; `inspect_data.py`: the summary and its three PNGs).
+Independent commands run two at a time (the runs are single-threaded; `README_TEST_WORKERS=1` runs
+them one by one).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import QUIET, REPO, SCRIPTS, read_metrics, run_script, small_data, tiny, wandb_offline_runs
+from PIL import Image
 
 README = REPO / "README.md"
 MAKEFILE = REPO / "Makefile"
@@ -72,6 +80,11 @@ PRODUCERS = {
     "fashiondet": "make train",
     "pretrain_fashion_mnist": "python scripts/train.py experiment=pretrain_fashion_mnist",
 }
+# Data sets the README names by placeholder: `/path/to/dataset` is the small FashionDet set; any other
+# `/path/to/<name>` is written by an earlier README `convert_data.py ... out=/path/to/<name>`.
+DATA_PLACEHOLDER = re.compile(r"/path/to/[\w.-]+")
+SMALL_DATASET = "/path/to/dataset"
+FILE_LAYOUTS = ("coco", "voc", "yolo")  # data sets of files: no generator to set
 # Overrides that ask for hardware or a cluster: composed only (`--cfg job`).
 NEEDS_HARDWARE = ("trainer=gpu", "trainer=ddp", "trainer=multinode", "launcher=submitit_slurm")
 # Fashion-MNIST pretraining in a few seconds.
@@ -197,6 +210,21 @@ def _needs_hardware(tokens: list[str]) -> bool:
     return any(token in NEEDS_HARDWARE for token in tokens)
 
 
+def _written_data(command: Command) -> str | None:
+    """The `/path/to/<name>` placeholder a `convert_data.py` command writes (its `out=`), if any."""
+    tokens = _tokens(command)
+    if len(tokens) < 2 or Path(tokens[1]).stem != "convert_data":
+        return None
+    out = _overrides(tokens).get("out", "")
+    return out if DATA_PLACEHOLDER.fullmatch(out) and out != SMALL_DATASET else None
+
+
+def _needed_data(command: Command) -> set[str]:
+    """The `/path/to/<name>` data sets a command reads that an earlier command writes."""
+    found = {m.group(0) for t in _tokens(command) for m in DATA_PLACEHOLDER.finditer(t)}
+    return found - {SMALL_DATASET, _written_data(command)}
+
+
 # --------------------------------------------------------------------------------- running them
 @dataclass
 class Outcome:
@@ -237,6 +265,7 @@ class Runner:
         self.base = base
         self.data_root = data_root
         self.producers: dict[str, Future[Outcome]] = {}  # task -> the producing command's outcome
+        self.data_sets: dict[str, tuple[Command, Future[Outcome]]] = {}  # /path/to/<name> -> its writer
         self.started: list[tuple[Command, Future[Outcome]]] = []  # every command, in README order
 
     # -- placeholders
@@ -248,6 +277,17 @@ class Runner:
         if outcome.result is None or outcome.result.returncode != 0 or len(new) != 1:
             raise RuntimeError(f"`{outcome.command.text}` (the producer of {task!r}) made no run of it")
         return new[0]
+
+    def produced_data(self, name: str, command: Command) -> Path:
+        """The data set an earlier README command wrote for the placeholder `name`."""
+        writer = self.data_sets.get(name)
+        if writer is None or writer[0].line >= command.line:
+            raise LookupError(f"no earlier README command writes {name} (convert_data.py ... out={name})")
+        outcome = writer[1].result()
+        folder = outcome.cwd / name.lstrip("/") if outcome.cwd else None
+        if outcome.result is None or outcome.result.returncode != 0 or folder is None or not folder.is_dir():
+            raise RuntimeError(f"`{outcome.command.text}` (the writer of {name}) made no data set")
+        return folder
 
     def _run_of(self, task: str, cwd: Path) -> Path:
         """A run of `task` with a last.ckpt in `cwd`: the newest there, else the producer's, copied in."""
@@ -289,7 +329,16 @@ class Runner:
         if "<checkpoint>" in token:
             pretrain = self._run_of("pretrain_fashion_mnist", cwd)
             token = token.replace("<checkpoint>", str(pretrain / "checkpoints" / "last.ckpt"))
-        token = token.replace("/path/to/dataset", str(self.data_root)).replace("<C>", "10")
+
+        def data_set(match: re.Match[str]) -> str:
+            name = match.group(0)
+            if name == SMALL_DATASET:
+                return str(self.data_root)
+            if name == _written_data(command):  # the data set this command writes
+                return str(cwd / name.lstrip("/"))
+            return str(self.produced_data(name, command))
+
+        token = DATA_PLACEHOLDER.sub(data_set, token)
         if "path/to/images" in token:
             images = cwd / "path" / "to" / "images"
             images.mkdir(parents=True, exist_ok=True)
@@ -310,13 +359,24 @@ class Runner:
                 s
                 for s in tiny(self.data_root, self.base)
                 if not s.startswith("paths.log_dir=")
-                # a COCO set of one's own has no generator to set
-                and not (overrides.get("data") == "coco" and s.startswith("data.generate."))
+                # a data set of one's own files has no generator to set
+                and not (overrides.get("data") in FILE_LAYOUTS and s.startswith("data.generate."))
             ]
             settings.append(f"trainer.max_epochs={2 if 'ckpt_path' in overrides else 1}")
         if overrides.get("hparams_search") == "fashiondet_optuna":
             settings.append("hydra.sweeper.n_trials=2")
         return _add_missing(arguments, [*settings, *(QUIET if quiet else [])])
+
+    def _data_settings(self, script: str, arguments: list[str]) -> list[str]:
+        """convert_data / inspect_data: the small FashionDet set for `data=fashiondet` (their default)."""
+        settings = ["num_images=4"] if script == "inspect_data" else []
+        if _overrides(arguments).get("data", "fashiondet") == "fashiondet":
+            settings += [
+                f"data.root={self.data_root}",
+                "data.generate.preset=small",
+                "data.generate.workers=1",
+            ]
+        return _add_missing(arguments, settings)
 
     def _tool_arguments(self, script: str, arguments: list[str]) -> list[str]:
         cut = arguments.index("--") if "--" in arguments else len(arguments)
@@ -359,6 +419,8 @@ class Runner:
                 small = [s for s in small_data(self.data_root, self.base) if not s.startswith("paths.")]
                 extra = ["data.eval_batch_size=4", "extras.print_config=false"]
                 arguments += _add_missing(arguments, [*small, *extra])
+            elif script in ("convert_data", "inspect_data"):
+                arguments += self._data_settings(script, arguments)
             elif script == "make_dataset":
                 arguments += _add_missing(
                     arguments, ["data.generate.preset=small", "data.generate.workers=1"]
@@ -399,12 +461,15 @@ def _selected(session: pytest.Session) -> list[Command]:
         and hasattr(item, "callspec")
         and "command" in item.callspec.params
     }
-    needed = set(chosen)
-    for command in chosen:
-        for task in _needed_runs(_tokens(command)):
-            needed |= {c for c in COMMANDS if c.text == PRODUCERS.get(task)}
+    needed, todo = set(chosen), list(chosen)
+    while todo:  # the producers' own producers too (a converted set converted again)
+        command = todo.pop()
+        more = {c for c in COMMANDS if c.text in {PRODUCERS.get(t) for t in _needed_runs(_tokens(command))}}
+        more |= {c for c in COMMANDS if _written_data(c) in _needed_data(command)}
         if "<stamp>" in command.text:
-            needed |= {c for c in COMMANDS if c.section == command.section and c.line < command.line}
+            more |= {c for c in COMMANDS if c.section == command.section and c.line < command.line}
+        todo += more - needed
+        needed |= more
     return [c for c in COMMANDS if c in needed]
 
 
@@ -424,6 +489,9 @@ def outcomes(
             for task, producer in PRODUCERS.items():
                 if command.text == producer:
                     runner.producers[task] = futures[command]
+            written = _written_data(command)
+            if written:
+                runner.data_sets[written] = (command, futures[command])
         yield futures
     finally:  # after `pytest -x` stopped early: the commands not started yet never start
         pool.shutdown(wait=True, cancel_futures=True)
@@ -497,6 +565,64 @@ def _check_composed(outcome: Outcome, arguments: list[str]) -> None:
             assert node == yaml.safe_load(value), f"{key}: {node!r} != {value!r}\n{report}"
 
 
+def _converted_splits(outcome: Outcome, arguments: list[str]) -> tuple[Path, list[str]]:
+    """The folder and splits of convert_data's `Wrote <splits> as <layout> to <folder>` line."""
+    overrides = _overrides(arguments)
+    out = outcome.cwd / overrides["out"]  # an absolute `out` stays itself
+    found = re.search(rf"^Wrote (.+) as {re.escape(overrides['to'])} to (.+)$", outcome.result.stdout, re.M)
+    assert found and Path(found.group(2)) == out, _report(outcome)
+    return out, found.group(1).split(", ")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _check_converted(outcome: Outcome, arguments: list[str]) -> None:
+    """Every split the script names, in the target layout, each image with its annotation."""
+    report = _report(outcome)
+    out, splits = _converted_splits(outcome, arguments)
+    layout = _overrides(arguments)["to"]
+    assert splits and all(s in ("train", "val", "test") for s in splits), report
+    for split in splits:
+        if layout == "coco":
+            index = json.loads((out / "annotations" / f"instances_{split}.json").read_text())
+            images = [out / split / r["file_name"] for r in index["images"]]
+            assert index["annotations"] and index["categories"], f"{split}\n{report}"
+        elif layout == "voc":
+            ids = (out / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+            stems = {p.stem: p for p in (out / "JPEGImages").iterdir()}
+            assert all((out / "Annotations" / f"{i}.xml").is_file() for i in ids), f"{split}\n{report}"
+            assert set(ids) <= set(stems), f"{split}: ids without an image\n{report}"
+            images = [stems[i] for i in ids]
+        else:
+            images = _files_under(out / "images" / split)
+            labels = [
+                out / "labels" / split / p.relative_to(out / "images" / split).with_suffix(".txt")
+                for p in images
+            ]
+            assert all(label.is_file() for label in labels), f"{split}: images without labels\n{report}"
+        assert images and all(p.is_file() for p in images), f"{split}: no images\n{report}"
+    if layout == "voc":
+        assert (out / "labels.txt").read_text().split(), report
+    if layout == "yolo":
+        assert yaml.safe_load((out / "data.yaml").read_text())["names"], report
+
+
+def _check_inspected(outcome: Outcome, arguments: list[str]) -> None:
+    """The summary printed, and samples_<split>.png, classes.png and box_sizes.png written."""
+    report = _report(outcome)
+    overrides = _overrides(arguments)
+    folder = outcome.cwd / overrides.get("out_dir", "data_inspection")
+    split = overrides.get("split", "null")
+    assert "Detection data (" in outcome.result.stdout, report
+    for name in (f"samples_{'train' if split == 'null' else split}.png", "classes.png", "box_sizes.png"):
+        path = folder / name
+        assert str(path) in outcome.result.stdout and path.is_file(), f"{name}\n{report}"
+        with Image.open(path) as image:
+            assert image.format == "PNG", f"{name}\n{report}"
+
+
 def check(outcome: Outcome) -> None:
     assert outcome.error is None, (
         f"README.md:{outcome.command.line} `{outcome.command.text}`: {outcome.error}"
@@ -523,6 +649,10 @@ def check(outcome: Outcome) -> None:
     elif script == "make_dataset":
         root = outcome.cwd / _overrides(arguments)["data.root"]
         assert (root / "annotations" / "instances_train.json").is_file(), _report(outcome)
+    elif script == "convert_data":
+        _check_converted(outcome, arguments)
+    elif script == "inspect_data":
+        _check_inspected(outcome, arguments)
     elif script in TOOL_TABLES:
         tables = list(outcome.cwd.rglob(TOOL_TABLES[script]))  # a fresh directory: any table is new
         assert len(tables) == 1 and "|" in tables[0].read_text(), _report(outcome)
@@ -546,6 +676,11 @@ def test_every_bash_line_is_a_runnable_command() -> None:
     texts = {c.text for c in COMMANDS}
     for producer in PRODUCERS.values():
         assert producer in texts, f"later commands take the run of `{producer}`: keep it in the README"
+    for command in COMMANDS:
+        for name in _needed_data(command):
+            assert any(_written_data(c) == name and c.line < command.line for c in COMMANDS), (
+                f"README.md:{command.line}: no earlier `convert_data.py ... out={name}` writes {name}"
+            )
 
 
 def test_make_train_is_train_py() -> None:
