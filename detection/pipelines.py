@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> float | None:
     _check_data(cfg, datamodule)
     _resolve_anchor_sizes(cfg, datamodule)
     # the task's arguments are plain data (specs, not configs): they go into its checkpoint
-    task: L.LightningModule = hydra.utils.instantiate(cfg.model.task, _convert_="all")
+    task = _task(cfg)
     # the resumable training loader needs its state handed over on resume: always together
     callbacks = [*instantiate_group(cfg.get("callbacks"), "callback"), LoaderStateCallback()]
     callbacks.append(AnchorCoverageReport())  # every detection run says what its anchors can match
@@ -142,6 +142,22 @@ def _check_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
     datamodule.check_splits(splits, hints={"test": "Or run with test=false to train without testing"})
     with open_dict(cfg):
         cfg.data.num_classes = datamodule.num_classes
+
+
+def _task(cfg: DictConfig) -> L.LightningModule:
+    """The task of `cfg.model.task`; with ``init_from=<checkpoint>`` its detector (architecture and
+    weights) comes from that checkpoint, everything else (optimiser, schedule, reset_classes) from
+    the config: fine-tuning on other data, not a resume (the step count and optimiser start anew)."""
+    if not cfg.get("init_from"):
+        return hydra.utils.instantiate(cfg.model.task, _convert_="all")
+    arguments = OmegaConf.to_container(cfg.model.task, resolve=True)
+    task_class = hydra.utils.get_class(arguments.pop("_target_"))
+    arguments.pop("detector", None)
+    if arguments.get("class_names") is None:
+        arguments.pop("class_names", None)  # keep the checkpoint's names: setup compares them with the data's
+    path = resolve_ckpt_path(cfg.init_from, cfg.paths.log_dir, cfg.task_name, exclude=cfg.paths.output_dir)
+    log.info("Detector from %s (init_from): its weights, this run's optimiser and schedule", path)
+    return task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True, **arguments)
 
 
 def _resolve_anchor_sizes(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:

@@ -55,6 +55,18 @@ def tiny(data_root: Path, log_dir: Path, limits: bool = True, batch_size: int = 
     ]
 
 
+# Fashion-MNIST pretraining (experiment=pretrain_fashion_mnist) in a few seconds.
+PRETRAIN_SMALL = [
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.test_size=32",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "data.eval_batch_size=16",
+    "trainer.enable_progress_bar=false",
+    "extras.num_threads=1",
+]
+
 # Runs whose tests are not about logging or plots: the CSV logger only, no config tree, no dashboards.
 QUIET = ["extras.print_config=false", "logger=csv", "++callbacks.dashboards=null"]
 

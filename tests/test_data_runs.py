@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from helpers import QUIET, isolated_environ, read_metrics, run_script, single_run_dir, tiny, train_in_process
 
 from detection.data import FASHION_MNIST_CLASSES, DetectionDataModule
@@ -170,3 +171,26 @@ def test_replace_classifier_every_head(head: str) -> None:
     with torch.no_grad():
         out = detector([torch.rand(3, 128, 128)])[0]
     assert out["labels"].numel() == 0 or int(out["labels"].max()) < 3
+
+
+@pytest.mark.slow
+def test_init_from_fine_tunes_a_checkpoint_on_data_with_other_classes(
+    fashiondet_small_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    first, _ = train_in_process(_coco_run(fashiondet_small_root, tmp_path / "first", "test=false"))
+    checkpoint = first / "checkpoints" / "last.ckpt"
+    other = _relabelled(fashiondet_small_root, tmp_path / "d", ["top", "bottom", "shoe"])
+    # lr 0: the fine-tuned weights are the checkpoint's, so the test sees where they came from
+    fine_tune = _coco_run(other, tmp_path / "second", f"init_from={checkpoint}", "model.optimizer.lr=0.0")
+    with pytest.raises(SystemExit):
+        train_in_process(fine_tune)
+    error = capsys.readouterr().err
+    assert "predicts 10 classes" in error and "but the data has 3" in error and "reset_classes=true" in error
+    run_dir, _ = train_in_process([*fine_tune, "model.task.reset_classes=true"])
+    tuned = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    source = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert tuned["hyper_parameters"]["detector"]["num_classes"] == 3
+    assert tuned["hyper_parameters"]["class_names"] == ["top", "bottom", "shoe"]
+    assert tuned["global_step"] == 2  # a fresh run of its own, not a resume
+    body = [k for k in source["state_dict"] if k.startswith("detector.backbone.body.extractor.")]
+    assert body and all(torch.equal(tuned["state_dict"][k], source["state_dict"][k]) for k in body)

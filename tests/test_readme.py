@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 import yaml
 from helpers import QUIET, REPO, SCRIPTS, read_metrics, run_script, small_data, tiny, wandb_offline_runs
@@ -89,17 +90,10 @@ FILE_LAYOUTS = ("coco", "voc", "yolo")  # data sets of files: no generator to se
 NEEDS_HARDWARE = ("trainer=gpu", "trainer=ddp", "trainer=multinode", "launcher=submitit_slurm")
 # Fashion-MNIST pretraining in a few seconds.
 PRETRAIN_SMALL = [
-    "data.train_size=64",
-    "data.val_size=32",
-    "data.test_size=32",
-    "data.image_size=32",
-    "data.batch_size=16",
-    "data.eval_batch_size=16",
+    *helpers.PRETRAIN_SMALL,
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
-    "trainer.enable_progress_bar=false",
-    "extras.num_threads=1",
 ]
 # The research tools' own flags, smallest setting; `{data}` is the small FashionDet set.
 TOOL_FLAGS = {

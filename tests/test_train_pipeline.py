@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     CONF_DIR,
+    PRETRAIN_SMALL,
     csv_rows,
     isolated_environ,
     read_metrics,
@@ -65,15 +66,8 @@ def test_fast_dev_run_pretraining_experiment(tmp_path: Path) -> None:
         [
             "experiment=pretrain_fashion_mnist",
             f"paths.log_dir={tmp_path / 'logs'}",
-            "data.train_size=64",
-            "data.val_size=32",
-            "data.test_size=32",
-            "data.image_size=32",
-            "data.batch_size=16",
-            "data.eval_batch_size=16",
+            *PRETRAIN_SMALL,
             "trainer.fast_dev_run=true",
-            "trainer.enable_progress_bar=false",
-            "extras.num_threads=1",
             "logger=csv",
         ]
     )

@@ -96,7 +96,7 @@ class DetectionTask(L.LightningModule):
             raise ValueError(
                 f"The detector predicts {count} classes ({known or 'names unknown'}) but the data has "
                 f"{len(names)} ({names}). Use data with the detector's classes, or fine-tune with "
-                "++model.task.reset_classes=true for a new classification layer"
+                "model.task.reset_classes=true (with init_from=<checkpoint>) for a new classification layer"
             )
         replace_classifier(self.detector, len(names))
         log.warning("New classification layer: %d classes (%s) instead of %d", len(names), names, count)
