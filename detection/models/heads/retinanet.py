@@ -62,8 +62,8 @@ def build_retinanet(
 
     Anchors follow the paper by default (4 x stride, 3 scales x 3 ratios); the towers have
     GroupNorm. Without a norm (``head_norm="none"``, the paper's head) the towers' 0.01-std
-    initialisation shrinks the signal about six-fold per layer at this template's FPN widths
-    (64-256 channels), so the classifier's input and its gradients vanish and the focal loss never
+    initialisation shrinks the signal by sqrt(9 x channels) x 0.01 / sqrt(2) per layer (three-fold
+    at 256 channels, six-fold at 64), so the classifier's input and its gradients vanish and the focal loss never
     leaves its starting value. ``box_loss="giou"`` with GN gives torchvision's v2 head. Labels are
     [0, num_classes) in and out.
     """
