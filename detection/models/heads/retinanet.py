@@ -63,9 +63,9 @@ def build_retinanet(
     Anchors follow the paper by default (4 x stride, 3 scales x 3 ratios); the towers have
     GroupNorm. Without a norm (``head_norm="none"``, the paper's head) the towers' 0.01-std
     initialisation shrinks the signal by sqrt(9 x channels) x 0.01 / sqrt(2) per layer (three-fold
-    at 256 channels, six-fold at 64), so the classifier's input and its gradients vanish and the focal loss never
-    leaves its starting value. ``box_loss="giou"`` with GN gives torchvision's v2 head. Labels are
-    [0, num_classes) in and out.
+    at 256 channels, six-fold at 64), so the classifier's input and its gradients vanish and the
+    focal loss never leaves its starting value. ``box_loss="giou"`` with GN gives torchvision's v2
+    head. Labels are [0, num_classes) in and out.
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"unknown box_loss {box_loss!r}; choose one of {BOX_LOSSES}")
