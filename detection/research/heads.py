@@ -90,16 +90,15 @@ def load_pair(args: argparse.Namespace) -> dict[str, nn.Module]:
 
 
 def report(args: argparse.Namespace, models: dict[str, nn.Module], results: dict[str, dict]) -> str:
-    lines = [
-        (
-            f"checkpoints {', '.join(args.checkpoints)}, input {args.size}x{args.size}, "
-            if args.checkpoints
-            else ""
+    shape = f"input {args.size}x{args.size}, batch {args.batch}"
+    if args.checkpoints:
+        what = f"checkpoints {', '.join(args.checkpoints)} rebuilt at {shape}"
+    else:
+        what = (
+            f"backbone {args.backbone} (weights {args.weights}), {shape}, FPN {args.fpn_channels} ch, "
+            f"{args.num_classes} classes, Light-Head {args.variant}"
         )
-        + f"backbone {args.backbone} (weights {args.weights}), input {args.size}x{args.size}, "
-        f"batch {args.batch}, FPN {args.fpn_channels} ch, {args.num_classes} classes, "
-        f"Light-Head {args.variant}, {args.threads} thread(s), median of {args.runs} runs"
-    ]
+    lines = [f"{what}, {args.threads} thread(s), median of {args.runs} runs"]
     for name, model in models.items():
         head_params = count_parameters(model, ("rpn.", "roi_heads."))
         lines.append(f"  {name:16s} head parameters: {head_params / 1e6:.2f} M")
