@@ -265,6 +265,33 @@ class StopAfterEpoch(L.Callback):
             trainer.should_stop = True
 
 
+class OptimizerProbe(L.Callback):
+    """Before every optimiser step, record to `path` (JSON, at the end of training): the epoch,
+    the step, how many backbone parameters have a non-zero gradient and how many the optimiser
+    holds, and each parameter group's name and lr."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        backbone = list(pl_module.backbone.parameters())
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.records.append(
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "backbone_params": len(backbone),
+                "backbone_with_grad": sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in backbone),
+                "backbone_in_optimizer": sum(id(p) in held for p in backbone),
+                "lr": {group["name"]: group["lr"] for group in optimizer.param_groups},
+            }
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        Path(self.path).write_text(json.dumps(self.records))
+
+
 # ---------------------------------------------------------------------------- W&B offline files
 _WANDB_HEADER = b":W&B"
 _BLOCK = 32768  # the LevelDB log format that W&B's transaction log (run-<id>.wandb) follows

@@ -7,7 +7,7 @@ backbone's extra state).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import lightning as L
@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from detection.models import Classifier
-from detection.training.optim import build_optimizer_and_scheduler, optimizer_spec
+from detection.models.backbones import Backbone
+from detection.training.optim import build_optimizer_and_scheduler, optimizer_spec, parameter_groups
 
 
 class ClassificationTask(L.LightningModule):
@@ -67,9 +68,27 @@ class ClassificationTask(L.LightningModule):
         self.log(f"{prefix}/loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=len(images))
         self.log(f"{prefix}/acc", metric, prog_bar=True, batch_size=len(images))
 
+    @property
+    def backbone(self) -> Backbone:
+        """The classifier's feature extractor (what `BackboneUnfreeze` freezes and unfreezes)."""
+        return self.model.backbone
+
+    def parameter_groups(
+        self, params: Collection[nn.Parameter] | None = None, name_suffix: str = ""
+    ) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups (`detection.training.optim.parameter_groups`)."""
+        options = self.hparams.optimizer
+        return parameter_groups(
+            self.model,
+            lr=float(options["lr"]),
+            weight_decay=float(options.get("weight_decay", 0.0)),
+            params=params,
+            name_suffix=name_suffix,
+        )
+
     def configure_optimizers(self) -> dict[str, Any]:
         return build_optimizer_and_scheduler(
-            self.model,
+            self.parameter_groups(),
             optimizer=self.hparams.optimizer,
             scheduler=self.hparams.scheduler,
             total_steps=self.trainer.estimated_stepping_batches,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from detection.models import architecture_spec, build_from_spec
+from detection.models.backbones import Backbone
 from detection.models.heads.classes import replace_classifier
 from detection.training.metrics import gather_map_states, map_metrics
-from detection.training.optim import build_optimizer_and_scheduler, optimizer_spec
+from detection.training.optim import build_optimizer_and_scheduler, optimizer_spec, parameter_groups
 
 log = logging.getLogger(__name__)
 # faster_coco_eval prints its whole summary at INFO on every compute(); our metrics table says it once.
@@ -44,6 +45,7 @@ class DetectionTask(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         backbone_lr_mult: float = 1.0,
         norm_bias_weight_decay: float = 0.0,
+        layer_decay: float = 1.0,
         class_names: Sequence[str] | None = None,
         map_backend: str = "faster_coco_eval",
         nonfinite_loss: str = "raise",
@@ -181,14 +183,34 @@ class DetectionTask(L.LightningModule):
         return [{**meta, **{k: v.detach().cpu() for k, v in p.items()}} for p, meta in zip(preds, metas)]
 
     # ---------------------------------------------------------------- optimisation
+    @property
+    def backbone(self) -> Backbone:
+        """The detector's feature extractor (what `BackboneUnfreeze` freezes and unfreezes)."""
+        return self.detector.backbone.body
+
+    def parameter_groups(
+        self, params: Collection[nn.Parameter] | None = None, name_suffix: str = ""
+    ) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups (`detection.training.optim.parameter_groups`) of the
+        trainable detector parameters, or of `params` only."""
+        options = self.hparams.optimizer
+        return parameter_groups(
+            self.detector,
+            lr=float(options["lr"]),
+            weight_decay=float(options.get("weight_decay", 0.0)),
+            backbone_lr_mult=self.hparams.backbone_lr_mult,
+            norm_bias_weight_decay=self.hparams.norm_bias_weight_decay,
+            layer_decay=self.hparams.layer_decay,
+            params=params,
+            name_suffix=name_suffix,
+        )
+
     def configure_optimizers(self) -> dict[str, Any]:
         return build_optimizer_and_scheduler(
-            self.detector,
+            self.parameter_groups(),
             optimizer=self.hparams.optimizer,
             scheduler=self.hparams.scheduler,
             total_steps=self.trainer.estimated_stepping_batches,
-            backbone_lr_mult=self.hparams.backbone_lr_mult,
-            norm_bias_weight_decay=self.hparams.norm_bias_weight_decay,
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

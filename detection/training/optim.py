@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+from detection.models.backbones import Backbone
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -50,12 +52,28 @@ def _declared_backbone(model: nn.Module) -> set[int]:
     return {id(p) for _, p in declared()}
 
 
+def _backbone_stages(model: nn.Module) -> dict[int, int]:
+    """Parameter id -> backbone stage (0 stem .. 4); parameters the backbone cannot place (e.g. a
+    final 1x1 conv) count as its last stage."""
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)]
+    if len(backbones) != 1:
+        raise ValueError(
+            f"layer_decay needs exactly one Backbone in {type(model).__name__}, found {len(backbones)}"
+        )
+    staged = list(backbones[0].stage_parameters())
+    last = max((stage for stage, _, _ in staged if stage is not None), default=0)
+    return {id(param): last if stage is None else stage for stage, _, param in staged}
+
+
 def parameter_groups(
     model: nn.Module,
     lr: float,
     weight_decay: float,
     backbone_lr_mult: float = 1.0,
     norm_bias_weight_decay: float = 0.0,
+    layer_decay: float = 1.0,
+    params: Collection[nn.Parameter] | None = None,
+    name_suffix: str = "",
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into (backbone | head) x (decayed | norm-and-bias) groups.
 
@@ -63,8 +81,21 @@ def parameter_groups(
     get `norm_bias_weight_decay` (0 by default): decaying them pulls scales towards zero, which only
     hurts. Backbone parameters get `lr * backbone_lr_mult`, the usual knob for fine-tuning a
     pretrained network more gently than a freshly initialised head.
+
+    `layer_decay` < 1 (layer-wise lr decay) splits the backbone by stage (see
+    `detection.models.backbones.base`): stage s of a backbone whose last stage is S gets
+    ``lr * backbone_lr_mult * layer_decay ** (S - s)``, so the stem, farthest from the head and most
+    generic, moves least. Groups are then named ``backbone.s<stage>[_no_decay]``.
+
+    `params` restricts the groups to these parameters (a scheduled unfreeze adds them later), and
+    `name_suffix` is appended to every group name.
     """
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
     backbone = _declared_backbone(model)
+    stages = _backbone_stages(model) if layer_decay != 1.0 else {}
+    last_stage = max(stages.values(), default=0)
+    only = None if params is None else {id(p) for p in params}
     no_decay: set[int] = set()
     for module in model.modules():
         for param_name, param in module.named_parameters(recurse=False):
@@ -75,22 +106,29 @@ def parameter_groups(
             ):
                 no_decay.add(id(param))
 
-    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    groups: dict[tuple[bool, int | None, bool], dict[str, Any]] = {}
     for param in model.parameters():
-        if not param.requires_grad:
+        if not param.requires_grad or (only is not None and id(param) not in only):
             continue
         is_backbone = id(param) in backbone
+        stage = stages.get(id(param)) if is_backbone and stages else None
         is_no_decay = id(param) in no_decay
-        key = (is_backbone, is_no_decay)
+        key = (is_backbone, stage, is_no_decay)
         if key not in groups:
+            part = "head"
+            group_lr = lr
+            if is_backbone:
+                part = "backbone" if stage is None else f"backbone.s{stage}"
+                depth = 0 if stage is None else last_stage - stage
+                group_lr = lr * backbone_lr_mult * layer_decay**depth
             groups[key] = {
-                "name": f"{'backbone' if is_backbone else 'head'}{'_no_decay' if is_no_decay else ''}",
+                "name": f"{part}{'_no_decay' if is_no_decay else ''}{name_suffix}",
                 "params": [],
-                "lr": lr * (backbone_lr_mult if is_backbone else 1.0),
+                "lr": group_lr,
                 "weight_decay": norm_bias_weight_decay if is_no_decay else weight_decay,
             }
         groups[key]["params"].append(param)
-    if not groups:
+    if not groups and only is None:
         raise ValueError(
             "The model has no trainable parameters: check `freeze_at` and the backbone settings."
         )
@@ -137,25 +175,17 @@ def warmup_schedule(
 
 
 def build_optimizer_and_scheduler(
-    model: nn.Module,
+    groups: list[dict[str, Any]],
     optimizer: Mapping[str, Any],
     scheduler: Mapping[str, Any] | None,
     total_steps: int,
-    backbone_lr_mult: float = 1.0,
-    norm_bias_weight_decay: float = 0.0,
 ) -> dict[str, Any]:
-    """What `configure_optimizers` returns: the optimiser of spec `optimizer` and a per-step LambdaLR."""
+    """What `configure_optimizers` returns: the optimiser of spec `optimizer` over `groups`
+    (`parameter_groups`) and a per-step LambdaLR."""
     options = optimizer_spec(optimizer)
     optimizer_class = getattr(torch.optim, str(options.pop("name")))
     lr = float(options.pop("lr"))
     weight_decay = float(options.pop("weight_decay", 0.0))
-    groups = parameter_groups(
-        model,
-        lr,
-        weight_decay,
-        backbone_lr_mult=backbone_lr_mult,
-        norm_bias_weight_decay=norm_bias_weight_decay,
-    )
     built = optimizer_class(groups, lr=lr, weight_decay=weight_decay, **options)
     if not scheduler:
         return {"optimizer": built}

