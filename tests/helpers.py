@@ -274,7 +274,9 @@ class OptimizerProbe(L.Callback):
         self.path = path
         self.records: list[dict[str, Any]] = []
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
         backbone = list(pl_module.backbone.parameters())
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self.records.append(
@@ -282,7 +284,9 @@ class OptimizerProbe(L.Callback):
                 "epoch": trainer.current_epoch,
                 "step": trainer.global_step,
                 "backbone_params": len(backbone),
-                "backbone_with_grad": sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in backbone),
+                "backbone_with_grad": sum(
+                    p.grad is not None and bool(p.grad.abs().sum() > 0) for p in backbone
+                ),
                 "backbone_in_optimizer": sum(id(p) in held for p in backbone),
                 "lr": {group["name"]: group["lr"] for group in optimizer.param_groups},
             }

@@ -348,6 +348,8 @@ class Runner:
         overrides = _overrides(arguments)
         if overrides.get("experiment") == "pretrain_fashion_mnist":
             settings = [*PRETRAIN_SMALL, "trainer.max_epochs=1"]
+        elif overrides.get("experiment") == "pretrain_fashion_crops":
+            settings = [*PRETRAIN_SMALL, "trainer.max_epochs=1", *self._crops_settings()]
         else:
             settings = [
                 s
@@ -360,6 +362,10 @@ class Runner:
         if overrides.get("hparams_search") == "fashiondet_optuna":
             settings.append("hydra.sweeper.n_trials=2")
         return _add_missing(arguments, [*settings, *(QUIET if quiet else [])])
+
+    def _crops_settings(self) -> list[str]:
+        """FashionCrops from the small FashionDet set (its preset, so nothing is rewritten)."""
+        return [f"data.crops.root={self.data_root}", "data.crops.generate.preset=small"]
 
     def _data_settings(self, script: str, arguments: list[str]) -> list[str]:
         """convert_data / inspect_data: the small FashionDet set for `data=fashiondet` (their default)."""
@@ -379,6 +385,7 @@ class Runner:
         if script == "transfer_study":
             pretraining = [*PRETRAIN_SMALL, "trainer.max_epochs=1", *QUIET]
             flags += ["--pretrain-overrides", shlex.join(pretraining)]
+            flags += ["--crops-overrides", " ".join(self._crops_settings())]
         if script not in ("benchmark", "transfer_study"):
             return [*own, *flags, *arguments[cut:]]
         # the tools set the backbone weights of each job themselves: those stay

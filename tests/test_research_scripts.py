@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+
+from detection.research import transfer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -66,7 +69,8 @@ TOOLS = {
     ),
     "transfer_study.py": (
         "transfer",
-        {"--sweep-dir", "--out", "--pretrained", "--pretrain-overrides", "--seeds"},
+        {"--sweep-dir", "--out", "--pretrained", "--pretrained-crops", "--pretrained-imagenet-crops"}
+        | {"--pretrain-overrides", "--crops-overrides", "--variants", "--seeds"},
     ),
     "profile_backbone.py": (
         "profile",
@@ -158,7 +162,7 @@ def test_benchmark_tabulates_heads_and_compares_light_head(
         assert len(numbers["confusion_matrix"]) == 11 and len(numbers["ap"]) == 10
 
 
-def test_transfer_study_pretrains_then_compares_three_backbone_starts(
+def test_transfer_study_pretrains_then_compares_every_backbone_start(
     fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
     study = tmp_path / "study"
@@ -172,13 +176,18 @@ def test_transfer_study_pretrains_then_compares_three_backbone_starts(
         "trainer.limit_test_batches=1 data.train_size=64 data.val_size=32 data.test_size=32 "
         "data.batch_size=16 logger=csv extras.num_threads=1 extras.print_config=false "
         f"paths.log_dir={log_dir}",
+        f"--crops-overrides=data.crops.root={fashiondet_small_root} data.crops.generate.preset=small",
         "--",
         *_tiny(fashiondet_small_root, log_dir),
+        "trainer.max_epochs=1",
     )
-    assert (study / "pretrain" / "checkpoints" / "last.ckpt").is_file()
+    pretrained = {
+        key: (study / name / "checkpoints" / "last.ckpt").resolve() for key, name, _ in transfer.PRETRAININGS
+    }
+    assert all(path.is_file() for path in pretrained.values())
     sweep = study / "multirun"
     runs = _csv(sweep / "transfer_study_runs.csv")
-    assert sorted(r["variant"] for r in runs) == ["fashion_mnist", "imagenet", "scratch"]
+    assert sorted(r["variant"] for r in runs) == sorted(transfer.VARIANTS)
     assert all(r["status"] == "ok" for r in runs), runs
     assert len(runs) == len(list(sweep.glob("[0-9]*")))  # one row per job
     for run in runs:
@@ -188,23 +197,36 @@ def test_transfer_study_pretrains_then_compares_three_backbone_starts(
             assert 0.0 <= float(run[key.replace("/", "_")]) <= 1.0
             assert float(run[key.replace("/", "_")]) == pytest.approx(metrics[key]), key
     summary = _csv(sweep / "transfer_study.csv")
-    assert [r["n"] for r in summary] == ["1", "1", "1"]
-    assert all("±" in r["test_mAP"] for r in summary)
-    assert [r["variant"] for r in summary] == [
-        "(a) ImageNet",
-        "(b) Fashion-MNIST (ClassificationTask)",
-        "(c) from scratch",
-    ]
+    assert [r["n"] for r in summary] == ["1"] * len(transfer.VARIANTS)
+    assert [r["variant"] for r in summary] == list(transfer.LABELS.values())
     by_variant = {r["variant"]: r for r in runs}
-    for row, variant in zip(summary, ("imagenet", "fashion_mnist", "scratch")):
+    for row, variant in zip(summary, transfer.VARIANTS):
         # one seed: the mean is that job's value and the sample standard deviation is 0
         assert row["test_mAP"] == f"{float(by_variant[variant]['test_mAP']):.3f} ± 0.000"
     assert min(_png_size(sweep / "transfer_study.png")) > 0
-    fashion = next(sweep / r["job"] for r in runs if r["variant"] == "fashion_mnist")
-    config = (fashion / ".hydra" / "overrides.yaml").read_text()
-    assert "transfer.fashion_mnist_ckpt=" in config and "last.ckpt" in config
-    pretrained = (study / "pretrain" / "checkpoints" / "last.ckpt").resolve()
-    assert f"transfer.fashion_mnist_ckpt={pretrained}" in yaml.safe_load(config)
+
+    def job_config(variant: str) -> dict:
+        job = sweep / by_variant[variant]["job"] / ".hydra"
+        return yaml.safe_load((job / "config.yaml").read_text()), yaml.safe_load(
+            (job / "overrides.yaml").read_text()
+        )
+
+    config, overrides = job_config("fashion_crops")
+    for key, path in pretrained.items():
+        assert f"transfer.{key}={path}" in overrides
+    # each variant's backbone start, freeze and EMA, as the jobs ran them
+    for variant, freeze_at, ema in [
+        ("imagenet", 0, False),
+        ("imagenet_freeze4", 4, False),
+        ("imagenet_ema", 0, True),
+    ]:
+        config, _ = job_config(variant)
+        assert config["transfer"]["variants"][variant]["freeze_at"] == freeze_at
+        checkpoint = torch.load(
+            sweep / by_variant[variant]["job"] / "checkpoints" / "last.ckpt", weights_only=True
+        )
+        assert ("current_model_state" in checkpoint) == ema, variant
+        assert checkpoint["hyper_parameters"]["detector"]["backbone"]["freeze_at"] == freeze_at
 
 
 def test_profile_backbone_writes_table_and_plot(tmp_path: Path) -> None:

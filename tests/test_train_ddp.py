@@ -27,9 +27,17 @@ from omegaconf import read_write
 @pytest.mark.timeout(600)
 def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, tmp_path: Path) -> None:
     log_dir = tmp_path / "logs"
+    # with weight EMA, which must run under DDP too
+    ema = ["callbacks=[default,ema]", "callbacks.ema.decay=0.5", "callbacks.ema.warmup_steps=0"]
     result = run_script(
         "train",
-        [*tiny(fashiondet_small_root, log_dir), "trainer=ddp_cpu", "trainer.max_epochs=1", "task_name=ddp"],
+        [
+            *tiny(fashiondet_small_root, log_dir),
+            *ema,
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=1",
+            "task_name=ddp",
+        ],
         tmp_path,
         timeout=500,
     )
@@ -43,6 +51,7 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     assert metrics["global_step"] == 2 and "test/mAP" in metrics
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 2
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == 2 and "current_model_state" in checkpoint
     assert Path(metrics["best_checkpoint"]).parent == run_dir / "checkpoints"
     # one W&B run, whose id run.json keeps for a resume
     (offline_run,) = wandb_offline_runs(run_dir)
@@ -54,6 +63,7 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
         "train",
         [
             *tiny(fashiondet_small_root, log_dir),
+            *ema,
             "trainer=ddp_cpu",
             "trainer.max_epochs=2",
             "task_name=ddp",
@@ -65,6 +75,8 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     (resumed_dir,) = [d for d in (log_dir / "ddp" / "runs").iterdir() if d != run_dir]
     resumed = read_metrics(resumed_dir)
     assert resumed["global_step"] == 4 and resumed["epochs"] == 2
+    averaged = load_checkpoint(resumed_dir / "checkpoints" / "last.ckpt")["averaging_state"]
+    assert int(averaged["n_averaged"]) == 4  # the average went on from the stopped run's two updates
     assert json.loads((resumed_dir / "run.json").read_text())["wandb_id"] == wandb_id
 
 

@@ -129,7 +129,9 @@ class ClassificationDataModule(L.LightningDataModule):
         if source not in SOURCES:
             raise ValueError(f"unknown data.source {source!r}; choose one of {SOURCES}")
         if source == "fashion_crops" and not crops:
-            raise ValueError("data.source=fashion_crops needs data.crops: the detection set to crop (root, ...)")
+            raise ValueError(
+                "data.source=fashion_crops needs data.crops: the detection set to crop (root, ...)"
+            )
         if not 0 < val_size < 60_000:
             raise ValueError(f"val_size must be between 1 and 59999, got {val_size}")
         if num_classes != len(FASHION_MNIST_CLASSES):
@@ -195,7 +197,9 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         margin = float(options.get("margin", 0.1))
         train_set, val_set = detection.datasets["train"], detection.datasets["val"]
-        train_idx, val_idx = split_images(len(train_set), float(options.get("val_fraction", 0.1)), hp.split_seed)
+        train_idx, val_idx = split_images(
+            len(train_set), float(options.get("val_fraction", 0.1)), hp.split_seed
+        )
         if hp.train_size is not None:
             train_idx = train_idx[: hp.train_size]
         test_idx = np.arange(len(val_set) if hp.test_size is None else min(hp.test_size, len(val_set)))

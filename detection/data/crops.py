@@ -45,9 +45,15 @@ def crop_boxes(
             size = max(int(round(side)), 1)
             # pad so that a crop reaching past the border keeps the item centred
             pad = (max(-left, 0), max(left + size - width, 0), max(-top, 0), max(top + size - height, 0))
-            window = F.pad(image, pad)[:, top + pad[2] : top + pad[2] + size, left + pad[0] : left + pad[0] + size]
+            window = F.pad(image, pad)[
+                :, top + pad[2] : top + pad[2] + size, left + pad[0] : left + pad[0] + size
+            ]
             resized = F.interpolate(
-                window[None], size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+                window[None],
+                size=(image_size, image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
             )[0]
             crops.append(resized.round().clamp(0, 255).to(torch.uint8))
         labels.append(dataset.index.labels[int(index)])

@@ -1,16 +1,18 @@
-"""Transfer study: does the backbone's pretraining matter for detection, and how much?
+"""Transfer study: what does the backbone's starting point buy a detector, and how much?
 
 The same detector (conf/experiment/transfer_study.yaml: FCOS + EfficientNet-Lite0 on FashionDet,
-one fixed budget) with its backbone (a) ImageNet-pretrained, (b) pretrained by this template's
-ClassificationTask on Fashion-MNIST, (c) from scratch; each over the same seeds. Steps:
+the main job's recipe for two full epochs) with its backbone (a) ImageNet-pretrained, (b)
+pretrained by this template's ClassificationTask on Fashion-MNIST, (c) on FashionCrops from
+scratch, (d) on FashionCrops from ImageNet, (e) from scratch; and, from ImageNet, with the stages
+below 2 or 4 frozen and with weight EMA. Each over the same seeds. Steps:
 
-1. pretrain once: `scripts/train.py experiment=pretrain_fashion_mnist` (skipped with --pretrained);
+1. the three pretrainings (each skipped when its checkpoint is given);
 2. the multirun `scripts/train.py -m experiment=transfer_study` over variant x seed;
 3. writes transfer_study.csv / .md (mean +- std per variant), transfer_study_runs.csv (every job)
    and transfer_study.png into the multirun directory, and prints the table.
 
-Everything after `--` goes to the detection jobs as Hydra overrides; --pretrain-overrides to the
-pretraining run.
+Everything after `--` goes to the detection jobs as Hydra overrides; --pretrain-overrides to every
+pretraining run, --crops-overrides to the two FashionCrops ones.
 """
 
 from __future__ import annotations
@@ -25,14 +27,29 @@ from detection.research import sweeps
 from detection.research.tables import Job, group_by, mean_std, read_multirun, write_tables
 from detection.training import figures
 
-VARIANTS = ("imagenet", "fashion_mnist", "scratch")
 LABELS = {
     "imagenet": "(a) ImageNet",
-    "fashion_mnist": "(b) Fashion-MNIST (ClassificationTask)",
-    "scratch": "(c) from scratch",
+    "fashion_mnist": "(b) Fashion-MNIST pretraining",
+    "fashion_crops": "(c) FashionCrops pretraining",
+    "imagenet_fashion_crops": "(d) ImageNet, then FashionCrops",
+    "scratch": "(e) from scratch",
+    "imagenet_freeze2": "(a) with freeze_at=2",
+    "imagenet_freeze4": "(a) with freeze_at=4 (all but the last stage)",
+    "imagenet_ema": "(a) with weight EMA",
 }
+VARIANTS = tuple(LABELS)
+# (transfer.<key>, the pretraining run's name, its overrides)
+PRETRAININGS = (
+    ("fashion_mnist_ckpt", "pretrain_fashion_mnist", ["experiment=pretrain_fashion_mnist"]),
+    (
+        "fashion_crops_ckpt",
+        "pretrain_fashion_crops",
+        ["experiment=pretrain_fashion_crops", "model.backbone.weights=null"],
+    ),
+    ("imagenet_fashion_crops_ckpt", "pretrain_imagenet_fashion_crops", ["experiment=pretrain_fashion_crops"]),
+)
 SUMMARY_COLUMNS = [
-    ("variant", "backbone pretraining", ""),
+    ("variant", "backbone start", ""),
     ("n", "seeds", ""),
     *((key, f"{header} (mean ± std)", spec) for key, header, spec in sweeps.metric_columns("")),
     ("train_s", "train s / job (mean)", ".0f"),
@@ -48,38 +65,60 @@ RUN_COLUMNS = [
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = sweeps.sweep_parser(__doc__.splitlines()[0], "folder for the pretraining run and the multirun")
+    parser = sweeps.sweep_parser(__doc__.splitlines()[0], "folder for the pretraining runs and the multirun")
     parser.add_argument("--pretrained", type=Path, help="an existing pretrain_fashion_mnist checkpoint")
     parser.add_argument(
-        "--pretrain-overrides",
-        # one short epoch; the classifier's own warmup (50 steps) would outlast it
-        default="trainer.max_epochs=1 data.train_size=5120 model.scheduler.warmup_steps=4 "
-        "trainer.limit_val_batches=4",
-        help="Hydra overrides of the pretraining run (one string)",
+        "--pretrained-crops", type=Path, help="an existing FashionCrops checkpoint (from scratch)"
     )
+    parser.add_argument(
+        "--pretrained-imagenet-crops", type=Path, help="an existing FashionCrops checkpoint (from ImageNet)"
+    )
+    parser.add_argument(
+        "--pretrain-overrides", default="", help="Hydra overrides of every pretraining run (one string)"
+    )
+    parser.add_argument(
+        "--crops-overrides", default="", help="Hydra overrides of the FashionCrops runs (one string)"
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {','.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {','.join(VARIANTS)}")
+    return args
 
 
-def pretrain(out: Path, overrides: list[str]) -> Path:
-    """Pretrain a classifier on Fashion-MNIST into `out`/pretrain; its last checkpoint."""
-    run_dir = out / "pretrain"
-    sweeps.train("experiment=pretrain_fashion_mnist", f"hydra.run.dir={run_dir}", *overrides)
+def pretrain(out: Path, name: str, overrides: list[str]) -> Path:
+    """One pretraining run into `out`/<name>; its last checkpoint."""
+    run_dir = out / name
+    sweeps.train(*overrides, f"hydra.run.dir={run_dir}")
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"the pretraining run wrote no {checkpoint}")
+        raise FileNotFoundError(f"the pretraining run {name} wrote no {checkpoint}")
     return checkpoint
 
 
 def launch(args: argparse.Namespace, overrides: list[str]) -> Path:
-    """Pretrain (unless given a checkpoint), run the variant x seed multirun; its directory."""
+    """Pretrain (unless given the checkpoints), run the variant x seed multirun; its directory."""
     out = args.out or sweeps.stamped_dir(overrides, "transfer_study", "study")
-    checkpoint = args.pretrained or pretrain(out, shlex.split(args.pretrain_overrides))
+    given = {
+        "fashion_mnist_ckpt": args.pretrained,
+        "fashion_crops_ckpt": args.pretrained_crops,
+        "imagenet_fashion_crops_ckpt": args.pretrained_imagenet_crops,
+    }
+    checkpoints = []
+    for key, name, run_overrides in PRETRAININGS:
+        extra = shlex.split(args.pretrain_overrides)
+        if "crops" in key:
+            extra += shlex.split(args.crops_overrides)
+        checkpoint = given[key] or pretrain(out, name, [*run_overrides, *extra])
+        checkpoints.append(f"transfer.{key}={Path(checkpoint).resolve()}")
     sweep_dir = out / "multirun"
     sweeps.train(
         "-m",
         "experiment=transfer_study",
-        f"transfer.fashion_mnist_ckpt={Path(checkpoint).resolve()}",
+        *checkpoints,
+        f"transfer.variant={args.variants}",
         f"seed={args.seeds}",
         f"hydra.sweep.dir={sweep_dir}",
         *overrides,
@@ -104,14 +143,14 @@ def summary_row(variant: str, group: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One summary row per variant that finished, the three of the study first."""
+    """One summary row per variant that finished, in the order of `VARIANTS`."""
     groups = group_by([r for r in rows if r["status"] == "ok"], lambda r: r["variant"])
     order = [*VARIANTS, *sorted(set(groups) - set(VARIANTS))]
     return [summary_row(variant, groups[variant]) for variant in order if variant in groups]
 
 
 def plot(summary: list[dict[str, Any]], path: Path, budget: str) -> Path:
-    figure = figures.new_figure(8.0, 3.8)
+    figure = figures.new_figure(12.0, 4.2)
     axes = figure.subplots(1, 2)
     for ax, key, label in zip(axes, ("test_mAP", "test_mAP_50"), ("test mAP@[.5:.95]", "test mAP@0.5")):
         for i, row in enumerate(summary):
@@ -120,7 +159,9 @@ def plot(summary: list[dict[str, Any]], path: Path, budget: str) -> Path:
             values = row["values"][key]
             offsets = [i + 0.12 * (j - (len(values) - 1) / 2) for j in range(len(values))]
             ax.scatter(offsets, values, color="k", s=12)
-        ax.set_xticks(range(len(summary)), labels=[r["key"] for r in summary], fontsize=8)
+        ax.set_xticks(
+            range(len(summary)), labels=[r["key"] for r in summary], fontsize=7, rotation=30, ha="right"
+        )
         ax.set(ylabel=label, title=label)
         ax.grid(axis="y", alpha=0.3)
     figure.suptitle(

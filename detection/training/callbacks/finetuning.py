@@ -55,7 +55,9 @@ class BackboneUnfreeze(BaseFinetuning):
     ) -> None:
         super().__init__()
         if unfreeze_at_epoch < 1:
-            raise ValueError(f"unfreeze_at_epoch must be >= 1 (epoch 0 trains the head alone), got {unfreeze_at_epoch}")
+            raise ValueError(
+                f"unfreeze_at_epoch must be >= 1 (epoch 0 trains the head alone), got {unfreeze_at_epoch}"
+            )
         if not 1 <= frozen_stages <= NUM_STAGES:
             raise ValueError(f"frozen_stages must be in 1..{NUM_STAGES}, got {frozen_stages}")
         if lr_mult <= 0:
@@ -116,7 +118,9 @@ class BackboneUnfreeze(BaseFinetuning):
             if scheduler.optimizer is not optimizer:
                 continue
             if not isinstance(scheduler, LambdaLR):
-                raise TypeError(f"BackboneUnfreeze needs the task's LambdaLR schedule, got {type(scheduler).__name__}")
+                raise TypeError(
+                    f"BackboneUnfreeze needs the task's LambdaLR schedule, got {type(scheduler).__name__}"
+                )
             schedule = scheduler.lr_lambdas[0]
             for index in range(first_new, len(optimizer.param_groups)):
                 group = optimizer.param_groups[index]
