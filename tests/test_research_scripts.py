@@ -74,7 +74,8 @@ TOOLS = {
     ),
     "profile_backbone.py": (
         "profile",
-        {"--backbones", "--size", "--batch-sizes", "--warmup", "--steps", "--threads", "--device", "--out"},
+        {"--backbones", "--size", "--batch-sizes", "--warmup", "--steps", "--threads", "--device", "--out"}
+        | {"--layouts"},
     ),
     "export.py": ("export", {"--ckpt", "--heads", "--data-root", "--images", "--atol", "--threads", "--out"}),
     "overhead.py": (
@@ -268,6 +269,26 @@ def test_profile_backbone_writes_table_and_plot(tmp_path: Path) -> None:
     assert int(rows[2]["depthwise"]) > 0 and int(rows[0]["depthwise"]) == 0
     assert (tmp_path / "profile_backbone.png").stat().st_size > 0 and "resnet18" in out
     assert min(_png_size(tmp_path / "profile_backbone.png")) > 0
+
+
+def test_profile_backbone_measures_both_memory_layouts(tmp_path: Path) -> None:
+    _run(
+        "profile_backbone.py",
+        "--backbones=efficientnet_lite0",
+        "--layouts=nchw,nhwc",
+        "--batch-sizes=2",
+        "--size=32",
+        "--steps=1",
+        "--warmup=0",
+        "--threads=1",
+        f"--out={tmp_path}",
+    )
+    nchw, nhwc = _csv(tmp_path / "profile_backbone.csv")
+    assert (nchw["layout"], nhwc["layout"]) == ("nchw", "nhwc")
+    # the same network: the same parameters and FLOPs, only the memory layout differs
+    for key in ("params_M", "gflops", "depth", "activations_MB"):
+        assert float(nchw[key]) == pytest.approx(float(nhwc[key]), rel=1e-6), key
+    assert float(nhwc["images_per_s"]) > 0
 
 
 def test_export_fcos_matches_onnxruntime_on_fashiondet_images(

@@ -13,7 +13,9 @@ backbone, a scalar loss on its feature maps, backward and an SGD step. Measured:
 - peak memory (MB): on CUDA `torch.cuda.max_memory_allocated` above the model's own; on CPU the
   growth of the process's peak resident set (Linux VmHWM, reset through /proc/self/clear_refs)
   during the step, named "peak RSS growth (CPU)" - allocator caching makes it a rough measure;
-- images / s: batch size over the median step time.
+- images / s: batch size over the median step time;
+- layout (`--layouts nchw,nhwc`): the backbone in PyTorch's default memory layout or channels-last
+  (`build_backbone(channels_last=True)`), which oneDNN trains faster on CPU.
 
 Writes profile_backbone.csv / .md / .png into --out (default logs/profile_backbone/<stamp>).
 """
@@ -39,6 +41,7 @@ from detection.training import figures
 BACKBONES = "resnet18,resnet50,resnext50_32x4d,wide_resnet50_2,efficientnet_lite0,mobilenet_v3_large"
 COLUMNS = [
     ("backbone", "backbone", ""),
+    ("layout", "layout", ""),
     ("params_M", "params (M)", ".2f"),
     ("depth", "convs", ""),
     ("width", "C5 channels", ""),
@@ -58,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backbones", default=BACKBONES)
     parser.add_argument("--size", type=int, default=128, help="input side in pixels")
     parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--layouts", default="nchw", help="nchw | nhwc | nchw,nhwc (channels-last)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per batch size")
     parser.add_argument("--threads", type=int, default=2)
@@ -137,12 +141,21 @@ def describe(name: str, model: nn.Module, size: int) -> dict[str, Any]:
 
 
 def profile(
-    name: str, size: int, batch_sizes: list[int], warmup: int, steps: int, device: torch.device
+    name: str,
+    size: int,
+    batch_sizes: list[int],
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    layout: str = "nchw",
 ) -> list[dict[str, Any]]:
     """One row per batch size for the backbone `name`, randomly initialised with seed 0."""
+    if layout not in ("nchw", "nhwc"):
+        raise ValueError(f"unknown layout {layout!r}: nchw or nhwc")
     torch.manual_seed(0)
-    model = build_backbone(name, weights=None, norm="bn", freeze_at=0).to(device)
-    info = describe(name, model, size)
+    model = build_backbone(name, weights=None, norm="bn", freeze_at=0, channels_last=layout == "nhwc")
+    model = model.to(device)
+    info = {**describe(name, model, size), "layout": layout}
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     rows = []
     for batch_size in batch_sizes:
@@ -162,7 +175,7 @@ def profile(
             "images_per_s": batch_size / step_seconds(model, optimizer, batch, steps),
         }
         print(
-            f"{name:20s} batch {batch_size:3d}: {row['activations_MB']:8.1f} MB saved activations, "
+            f"{name:20s} {layout} batch {batch_size:3d}: {row['activations_MB']:8.1f} MB saved activations, "
             f"{row['peak_MB']:8.1f} MB {peak.name}, {row['images_per_s']:7.1f} img/s",
             flush=True,
         )
@@ -173,9 +186,11 @@ def profile(
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     figure = figures.new_figure(10.0, 4.2)
     mem_ax, speed_ax = figure.subplots(1, 2)
-    names = list(dict.fromkeys(r["backbone"] for r in rows))
-    for i, name in enumerate(names):
-        mine = [r for r in rows if r["backbone"] == name]
+    keys = list(dict.fromkeys((r["backbone"], r["layout"]) for r in rows))
+    several_layouts = len({layout for _, layout in keys}) > 1
+    for i, key in enumerate(keys):
+        mine = [r for r in rows if (r["backbone"], r["layout"]) == key]
+        name = f"{key[0]} ({key[1]})" if several_layouts else key[0]
         colour, marker = figures.COLOURS[i % len(figures.COLOURS)], figures.MARKERS[i % len(figures.MARKERS)]
         batches, activations = [r["batch"] for r in mine], [r["activations_MB"] for r in mine]
         mem_ax.plot(batches, activations, "-", marker=marker, color=colour, label=name)
@@ -213,7 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
     for name in args.backbones.split(","):
-        rows.extend(profile(name.strip(), args.size, batch_sizes, args.warmup, args.steps, device))
+        for layout in args.layouts.split(","):
+            rows.extend(
+                profile(name.strip(), args.size, batch_sizes, args.warmup, args.steps, device, layout.strip())
+            )
     where = f"{device.type}" + (
         f", {args.threads} threads" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})"
     )
