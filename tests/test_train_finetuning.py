@@ -25,6 +25,7 @@ from helpers import (
 )
 from test_train_resume import _assert_same
 
+from detection.data import ClassificationDataModule
 from detection.models import build_detector
 from detection.training import ClassificationTask
 from detection.training.callbacks.ema import WarmedUpEMA
@@ -172,8 +173,6 @@ def test_ema_average_is_what_validation_test_and_the_checkpoint_use(tmp_path: Pa
     checkpoint = load_checkpoint(Path(metrics["best_checkpoint"]))
     task = ClassificationTask.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu")
     datamodule_overrides = dict(o.split("=", 1) for o in PRETRAIN_SMALL if o.startswith("data."))
-    from detection.data import ClassificationDataModule
-
     data = ClassificationDataModule(
         data_dir=None,
         image_size=int(datamodule_overrides["data.image_size"]),
