@@ -37,14 +37,24 @@ def _run(data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, *ext
 
 
 @pytest.mark.parametrize(
-    ("model", "part"),
-    [("retinanet", "RetinaNet anchors"), ("faster_rcnn", "RPN anchors"), ("fcos", "FCOS level assignment")],
+    ("model", "part", "extra"),
+    [
+        # the recipe's ATSS anchors are 8 x stride; auto is asked for here to check its round trip
+        ("retinanet", "RetinaNet anchors (ATSS)", ["model.detector.anchor_sizes=auto"]),
+        ("faster_rcnn", "RPN anchors", []),
+        ("fcos", "FCOS level assignment", []),
+    ],
     ids=["retinanet", "faster_rcnn", "fcos"],
 )
 def test_auto_anchors_are_resolved_reported_and_kept(
-    model: str, part: str, fashiondet_small_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    model: str,
+    part: str,
+    extra: list[str],
+    fashiondet_small_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    run_dir = _run(fashiondet_small_root, tmp_path, caplog, f"experiment=fashiondet_{model}")
+    run_dir = _run(fashiondet_small_root, tmp_path, caplog, f"experiment=fashiondet_{model}", *extra)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("anchor coverage")]
     assert len(lines) == 1 and f"anchor coverage, {part}: " in lines[0], lines
     share = float(lines[0].split(": ")[1].split("%")[0]) / 100
@@ -66,17 +76,19 @@ def test_auto_anchors_are_resolved_reported_and_kept(
     assert [list(level) for level in generator.sizes] == sizes  # a reload rebuilds the same anchors
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # a fixed IoU threshold: ATSS sets its own per box, so anchors this large still get positives
+        ["model=retinanet", "model.detector.assignment=iou", "model.detector.anchor_scale=16"],
+        ["model=faster_rcnn", "model.detector.anchor_sizes=null", "model.detector.anchor_scale=16"],
+    ],
+    ids=["retinanet_iou", "faster_rcnn"],
+)
 def test_anchors_that_miss_the_boxes_warn_and_name_the_knob(
-    fashiondet_small_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    overrides: list[str], fashiondet_small_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _run(
-        fashiondet_small_root,
-        tmp_path,
-        caplog,
-        "model=retinanet",
-        "model.detector.anchor_sizes=null",
-        "+model.detector.anchor_scale=16",
-    )
+    _run(fashiondet_small_root, tmp_path, caplog, *overrides)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == LOGGER]
     assert len(warnings) == 1 and "model.detector.anchor_sizes" in warnings[0], warnings
     share = float(warnings[0].split("only ")[1].split("%")[0]) / 100

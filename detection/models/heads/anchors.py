@@ -8,7 +8,8 @@ resolved lists are then what the run's config and the checkpoint hold, so a relo
 same anchors).
 
 Coverage (`anchor_coverage`): the share of boxes whose best anchor reaches the matcher's positive
-IoU threshold, computed with the detector's own anchor generator on the detector's input size.
+IoU threshold, computed with the detector's own anchor generator on the detector's input size;
+with ATSS (`atss_coverage`), the share of boxes it gives at least one positive anchor.
 For point-based FCOS (`fcos_coverage`): the share of boxes that some location of some level
 accepts under torchvision's FCOS assignment (centre sampling and the per-level size range).
 """
@@ -18,11 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_iou
+
+from detection.models.heads.atss import atss_assign
 
 AUTO = "auto"
 # Below this share of covered boxes, a run warns and names the knob to change.
@@ -53,6 +57,20 @@ def anchor_sizes_for(
     return sizes
 
 
+class LevelCountingAnchorGenerator(AnchorGenerator):
+    """torchvision's AnchorGenerator that remembers how many anchors per image each level made in
+    its last call (`num_anchors_per_level`): ATSS picks its candidates level by level."""
+
+    num_anchors_per_level: list[int]
+
+    def forward(self, image_list: Any, feature_maps: list[Tensor]) -> list[Tensor]:
+        per_location = self.num_anchors_per_location()
+        self.num_anchors_per_level = [
+            int(f.shape[-2] * f.shape[-1]) * n for f, n in zip(feature_maps, per_location, strict=True)
+        ]
+        return super().forward(image_list, feature_maps)
+
+
 def anchor_generator(
     strides: Sequence[int],
     anchor_scale: float,
@@ -65,7 +83,7 @@ def anchor_generator(
     if len({len(level) for level in sizes}) != 1:
         raise ValueError(f"every level needs the same number of anchor sizes, got {sizes}")
     ratios = (tuple(float(r) for r in aspect_ratios),) * len(strides)
-    return AnchorGenerator(tuple(tuple(level) for level in sizes), ratios)
+    return LevelCountingAnchorGenerator(tuple(tuple(level) for level in sizes), ratios)
 
 
 def derive_anchor_sizes(
@@ -99,7 +117,7 @@ class Coverage:
     part: str
     covered: int
     boxes: int
-    threshold: float | None  # the positive IoU threshold; None for FCOS's assignment
+    rule: str  # what makes a box covered, in words
     knob: str
 
     @property
@@ -107,10 +125,7 @@ class Coverage:
         return self.covered / self.boxes if self.boxes else 1.0
 
     def line(self) -> str:
-        rule = (
-            f"best anchor IoU >= {self.threshold:g}" if self.threshold is not None else "a level accepts them"
-        )
-        return f"anchor coverage, {self.part}: {self.share:.1%} of {self.boxes} training boxes ({rule})"
+        return f"anchor coverage, {self.part}: {self.share:.1%} of {self.boxes} training boxes ({self.rule})"
 
     def warning(self) -> str | None:
         if self.share >= COVERAGE_WARNING:
@@ -121,8 +136,11 @@ class Coverage:
         )
 
 
-def _grid_anchors(generator: AnchorGenerator, strides: Sequence[int], height: int, width: int) -> Tensor:
-    """All anchors [A, 4] of `generator` on a padded input of `height` x `width`."""
+def _grid_anchors(
+    generator: AnchorGenerator, strides: Sequence[int], height: int, width: int
+) -> tuple[Tensor, list[int]]:
+    """All anchors [A, 4] of `generator` on a padded input of `height` x `width`, level by level,
+    and how many of them each level has."""
     grid_sizes = [(math.ceil(height / s), math.ceil(width / s)) for s in strides]
     cell = [c.float() for c in generator.cell_anchors]
     shifts = []
@@ -134,7 +152,7 @@ def _grid_anchors(generator: AnchorGenerator, strides: Sequence[int], height: in
         )
         offsets = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4)
         shifts.append((offsets + base.view(1, -1, 4)).reshape(-1, 4))
-    return torch.cat(shifts)
+    return torch.cat(shifts), [len(level) for level in shifts]
 
 
 def anchor_coverage(
@@ -153,11 +171,35 @@ def anchor_coverage(
         if len(image_boxes) == 0:
             continue
         if (height, width) not in cache:
-            cache[(height, width)] = _grid_anchors(generator, strides, height, width)
+            cache[(height, width)] = _grid_anchors(generator, strides, height, width)[0]
         best = box_iou(image_boxes.float(), cache[(height, width)]).max(dim=1).values
         covered += int((best >= fg_iou_thresh).sum())
         total += len(image_boxes)
-    return Coverage(part, covered, total, float(fg_iou_thresh), knob)
+    return Coverage(part, covered, total, f"best anchor IoU >= {float(fg_iou_thresh):g}", knob)
+
+
+def atss_coverage(
+    part: str,
+    generator: AnchorGenerator,
+    strides: Sequence[int],
+    boxes: Sequence[Tensor],
+    input_sizes: Sequence[tuple[int, int]],
+    topk: int,
+    knob: str,
+) -> Coverage:
+    """Share of `boxes` that ATSS (`detection.models.heads.atss`) gives at least one positive anchor."""
+    cache: dict[tuple[int, int], tuple[Tensor, list[int]]] = {}
+    covered = total = 0
+    for image_boxes, (height, width) in zip(boxes, input_sizes, strict=True):
+        if len(image_boxes) == 0:
+            continue
+        if (height, width) not in cache:
+            cache[(height, width)] = _grid_anchors(generator, strides, height, width)
+        anchors, counts = cache[(height, width)]
+        matched = atss_assign(image_boxes.float(), anchors, counts, topk)
+        covered += int(matched[matched >= 0].unique().numel())
+        total += len(image_boxes)
+    return Coverage(part, covered, total, "ATSS gives them a positive anchor", knob)
 
 
 def fcos_coverage(
@@ -197,7 +239,8 @@ def fcos_coverage(
             accepted |= (near & inside & (reach > lower) & (reach < upper)).any(dim=1)
         covered += int(accepted.sum())
         total += len(image_boxes)
-    return Coverage("FCOS level assignment", covered, total, None, "model.detector.center_sampling_radius")
+    knob = "model.detector.center_sampling_radius"
+    return Coverage("FCOS level assignment", covered, total, "a level accepts them", knob)
 
 
 def to_input_pixels(
@@ -230,6 +273,16 @@ def detector_coverage(
         )
     if hasattr(model, "center_sampling_radius"):
         return fcos_coverage(strides, model.center_sampling_radius, boxes, input_sizes)
+    if getattr(model, "assignment", "iou") == "atss":
+        return atss_coverage(
+            "RetinaNet anchors (ATSS)",
+            model.anchor_generator,
+            strides,
+            boxes,
+            input_sizes,
+            model.atss_topk,
+            f"{knob}, or model.detector.atss_topk",
+        )
     return anchor_coverage(
         "RetinaNet anchors",
         model.anchor_generator,

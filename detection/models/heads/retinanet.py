@@ -6,20 +6,87 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torchvision.models.detection._utils import _box_loss
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
+from torchvision.ops import box_iou, sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
 from detection.models.heads.anchors import anchor_generator
+from detection.models.heads.atss import ASSIGNMENTS, atss_assign
 from detection.models.heads.common import DetectorParts, build_transform
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
 
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
+LOSS_NORMALIZATIONS = ("batch", "image")
 
 
 class RetinaNetDetector(DetectorParts, RetinaNet):
-    """torchvision's RetinaNet that declares its parts (`DetectorParts`)."""
+    """torchvision's RetinaNet that declares its parts (`DetectorParts`), picks its positive anchors
+    by a fixed IoU threshold (``assignment="iou"``, torchvision's matcher) or by ATSS, and divides
+    its losses by the positives of the whole batch (``loss_normalization="batch"``) or, as
+    torchvision does, by each image's own (``"image"``)."""
+
+    assignment: str = "iou"
+    atss_topk: int = 9
+    loss_normalization: str = "batch"
+
+    def compute_loss(
+        self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor]
+    ) -> dict[str, Tensor]:
+        if self.assignment == "atss":
+            counts = self.anchor_generator.num_anchors_per_level
+            matched = [atss_assign(t["boxes"], a, counts, self.atss_topk) for t, a in zip(targets, anchors)]
+        else:
+            matched = [self._iou_match(t["boxes"], a) for t, a in zip(targets, anchors, strict=True)]
+        if self.loss_normalization == "image":
+            return self.head.compute_loss(targets, head_outputs, anchors, matched)
+        return self._batch_normalized_loss(targets, head_outputs, anchors, matched)
+
+    def _iou_match(self, boxes: Tensor, anchors: Tensor) -> Tensor:
+        if boxes.numel() == 0:
+            return torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device)
+        return self.proposal_matcher(box_iou(boxes, anchors))
+
+    def _batch_normalized_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched: list[Tensor],
+    ) -> dict[str, Tensor]:
+        # torchvision's terms (focal loss over the anchors that are not ignored, the box loss over
+        # the positives), summed over the batch and divided once by all its positives: per image,
+        # a canvas with one small item would weigh its thousands of negatives against 3 positives.
+        box_loss_type = self.head.regression_head._loss_type
+        classification = regression = head_outputs["cls_logits"].new_zeros(())
+        positives = 0
+        for target, logits, deltas, image_anchors, image_matched in zip(
+            targets,
+            head_outputs["cls_logits"],
+            head_outputs["bbox_regression"],
+            anchors,
+            matched,
+            strict=True,
+        ):
+            foreground = image_matched >= 0
+            gt_classes = torch.zeros_like(logits)
+            gt_classes[foreground, target["labels"][image_matched[foreground]]] = 1.0
+            valid = image_matched != self.proposal_matcher.BETWEEN_THRESHOLDS
+            classification = classification + sigmoid_focal_loss(
+                logits[valid], gt_classes[valid], reduction="sum"
+            )
+            regression = regression + _box_loss(
+                box_loss_type,
+                self.box_coder,
+                image_anchors[foreground],
+                target["boxes"][image_matched[foreground]],
+                deltas[foreground],
+            )
+            positives += int(foreground.sum())
+        positives = max(1, positives)
+        return {"classification": classification / positives, "bbox_regression": regression / positives}
 
 
 def _tower(channels: int, num_convs: int, head_norm: str) -> nn.Sequential:
@@ -50,6 +117,9 @@ def build_retinanet(
     scales_per_octave: int = 3,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     box_loss: str = "l1",
+    assignment: str = "iou",
+    atss_topk: int = 9,
+    loss_normalization: str = "batch",
     fg_iou_thresh: float = 0.5,
     bg_iou_thresh: float = 0.4,
     score_thresh: float = 0.05,
@@ -65,10 +135,22 @@ def build_retinanet(
     initialisation shrinks the signal by sqrt(9 x channels) x 0.01 / sqrt(2) per layer (three-fold
     at 256 channels, six-fold at 64), so the classifier's input and its gradients vanish and the
     focal loss never leaves its starting value. ``box_loss="giou"`` with GN gives torchvision's v2
-    head. Labels are [0, num_classes) in and out.
+    head. ``assignment="atss"`` picks the positive anchors by ATSS with `atss_topk` candidates per
+    level (`detection.models.heads.atss`; the IoU thresholds are then unused).
+    ``loss_normalization="batch"`` (the default here, as in FCOS) divides both losses by the
+    positives of the whole batch; ``"image"`` keeps torchvision's division by each image's own
+    positives, under which an image with a few small objects weighs its negatives many times over
+    (on FashionDet, 0.20 against 0.27 val mAP after one epoch). Labels are [0, num_classes) in and
+    out.
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"unknown box_loss {box_loss!r}; choose one of {BOX_LOSSES}")
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"unknown assignment {assignment!r}; choose one of {ASSIGNMENTS}")
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(
+            f"unknown loss_normalization {loss_normalization!r}; choose one of {LOSS_NORMALIZATIONS}"
+        )
     anchors = anchor_generator(backbone.strides, anchor_scale, scales_per_octave, aspect_ratios, anchor_sizes)
     channels = backbone.out_channels
     head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=None)
@@ -95,6 +177,11 @@ def build_retinanet(
         fg_iou_thresh=float(fg_iou_thresh),
         bg_iou_thresh=float(bg_iou_thresh),
         topk_candidates=int(topk_candidates),
+    )
+    model.assignment, model.atss_topk, model.loss_normalization = (
+        assignment,
+        int(atss_topk),
+        loss_normalization,
     )
     model.transform = build_transform(body, min_size, max_size, size_divisible)
     return model
