@@ -202,5 +202,8 @@ def test_checkpoint_loads_and_predicts_without_hydra(
         r for r in json.loads((run_dir / "predictions.json").read_text()) if r["image"] == str(image)
     ]
     assert [d["label"] for d in record["detections"]] == out["labels"]
-    assert [d["score"] for d in record["detections"]] == [round(s, 4) for s in out["scores"]]
-    assert [d["box_xyxy"] for d in record["detections"]] == [[round(v, 2) for v in b] for b in out["boxes"]]
+    # predictions.json rounds scores to 1e-4 and boxes to 1e-2 px; the two paths may differ in the
+    # last float bits, which can tip a rounding either way
+    assert [d["score"] for d in record["detections"]] == pytest.approx(out["scores"], abs=6e-5)
+    boxes = [v for d in record["detections"] for v in d["box_xyxy"]]
+    assert boxes == pytest.approx([v for box in out["boxes"] for v in box], abs=6e-3)

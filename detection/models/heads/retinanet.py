@@ -37,7 +37,8 @@ class RetinaNetDetector(DetectorParts, RetinaNet):
     ) -> dict[str, Tensor]:
         if self.assignment == "atss":
             counts = self.anchor_generator.num_anchors_per_level
-            matched = [atss_assign(t["boxes"], a, counts, self.atss_topk) for t, a in zip(targets, anchors)]
+            pairs = zip(targets, anchors, strict=True)
+            matched = [atss_assign(t["boxes"], a, counts, self.atss_topk) for t, a in pairs]
         else:
             matched = [self._iou_match(t["boxes"], a) for t, a in zip(targets, anchors, strict=True)]
         if self.loss_normalization == "image":
