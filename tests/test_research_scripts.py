@@ -70,7 +70,7 @@ TOOLS = {
     "transfer_study.py": (
         "transfer",
         {"--sweep-dir", "--out", "--pretrained", "--pretrained-crops", "--pretrained-imagenet-crops"}
-        | {"--pretrain-overrides", "--crops-overrides", "--variants", "--seeds"},
+        | {"--pretrain-overrides", "--crops-overrides", "--variants", "--seeds", "--with-sweep-dir"},
     ),
     "profile_backbone.py": (
         "profile",
@@ -228,6 +228,38 @@ def test_transfer_study_pretrains_then_compares_every_backbone_start(
         )
         assert ("current_model_state" in checkpoint) == ema, variant
         assert checkpoint["hyper_parameters"]["detector"]["backbone"]["freeze_at"] == freeze_at
+
+    # a later run of more seeds joins the table of the first (--with-sweep-dir)
+    more = tmp_path / "more_seeds"
+    _run(
+        "transfer_study.py",
+        f"--out={more}",
+        "--seeds=1",
+        "--variants=imagenet_ema",
+        *(
+            f"--{flag}={pretrained[key]}"
+            for flag, key in [
+                ("pretrained", "fashion_mnist_ckpt"),
+                ("pretrained-crops", "fashion_crops_ckpt"),
+                ("pretrained-imagenet-crops", "imagenet_fashion_crops_ckpt"),
+            ]
+        ),
+        f"--with-sweep-dir={sweep}",
+        "--",
+        *_tiny(fashiondet_small_root, log_dir),
+        "trainer.max_epochs=1",
+    )
+    joined = _csv(more / "multirun" / "transfer_study_runs.csv")
+    assert len(joined) == len(runs) + 1
+    ema_runs = [r for r in joined if r["variant"] == "imagenet_ema"]
+    assert sorted(r["seed"] for r in ema_runs) == ["0", "1"]
+    assert all((more / "multirun" / r["job"] / "metrics.json").is_file() for r in joined)
+    ema_row = next(r for r in _csv(more / "multirun" / "transfer_study.csv") if r["n"] == "2")
+    values = [float(r["test_mAP"]) for r in ema_runs]
+    assert ema_row["variant"] == transfer.LABELS["imagenet_ema"]
+    assert ema_row["test_mAP"].startswith(f"{np.mean(values):.3f} ± ")
+    with pytest.raises(ValueError, match="imagenet_ema with seed 1 is in two jobs"):
+        transfer.read_jobs(more / "multirun", [sweep, more / "multirun"])
 
 
 def test_profile_backbone_writes_table_and_plot(tmp_path: Path) -> None:

@@ -11,6 +11,10 @@ below 2 or 4 frozen and with weight EMA. Each over the same seeds. Steps:
 3. writes transfer_study.csv / .md (mean +- std per variant), transfer_study_runs.csv (every job)
    and transfer_study.png into the multirun directory, and prints the table.
 
+--with-sweep-dir (repeatable) adds the jobs of earlier multiruns of the study to the table, so
+seeds or variants run later join the ones already run; a variant and seed that finished twice is
+an error.
+
 Everything after `--` goes to the detection jobs as Hydra overrides; --pretrain-overrides to every
 pretraining run, --crops-overrides to the two FashionCrops ones.
 """
@@ -81,6 +85,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {','.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--with-sweep-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a finished multirun of this study whose jobs join the table (repeatable)",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
     if unknown:
@@ -126,8 +137,25 @@ def launch(args: argparse.Namespace, overrides: list[str]) -> Path:
     return sweep_dir
 
 
-def job_row(job: Job) -> dict[str, Any]:
-    return {**sweeps.job_results(job), "variant": job.get("transfer.variant"), "seed": job.get("seed")}
+def job_row(job: Job, name: str | None = None) -> dict[str, Any]:
+    row = {**sweeps.job_results(job), "variant": job.get("transfer.variant"), "seed": job.get("seed")}
+    return row if name is None else {**row, "job": name}
+
+
+def read_jobs(sweep_dir: Path, more: list[Path]) -> list[dict[str, Any]]:
+    """Rows of every job of `sweep_dir` and of the multiruns in `more` (named by their path)."""
+    rows = [job_row(job) for job in read_multirun(sweep_dir)]
+    rows += [job_row(job, str(job.path.resolve())) for other in more for job in read_multirun(other)]
+    seen: dict[tuple[Any, Any], Any] = {}
+    for row in (r for r in rows if r["status"] == "ok"):  # a failed job may have been run again
+        key = (row["variant"], row["seed"])
+        if key in seen:
+            raise ValueError(
+                f"variant {key[0]} with seed {key[1]} is in two jobs: {seen[key]} and {row['job']} "
+                f"(of {sweep_dir} and --with-sweep-dir {', '.join(map(str, more))})"
+            )
+        seen[key] = row["job"]
+    return rows
 
 
 def summary_row(variant: str, group: list[dict[str, Any]]) -> dict[str, Any]:
@@ -174,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     own, overrides = sweeps.split_argv(sys.argv[1:] if argv is None else argv)
     args = parse_args(own)
     sweep_dir = args.sweep_dir or launch(args, overrides)
-    rows = [job_row(job) for job in read_multirun(sweep_dir)]
+    rows = read_jobs(sweep_dir, args.with_sweep_dir)
     summary = summarise(rows)
     ok = [r for r in rows if r["status"] == "ok"]
     budget = (
