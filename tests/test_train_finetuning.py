@@ -41,6 +41,7 @@ def _unfreeze_run(data_root: Path, log_dir: Path, epochs: int) -> list[str]:
         "task_name=unfreeze",
         "seed=3",
         "model.backbone.norm=bn",  # trainable norms: the unfreeze adds a no-decay group too
+        "model.backbone.freeze_at=0",  # the whole backbone waits for the unfreeze, the stem too
         f"trainer.max_epochs={epochs}",
         "test=false",
         "model.scheduler.name=constant",
