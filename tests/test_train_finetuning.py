@@ -124,6 +124,7 @@ def _ema_run(data_root: Path, log_dir: Path) -> list[str]:
         *QUIET,
         "task_name=ema",
         "seed=5",
+        "model.backbone.freeze_at=0",  # every conv trains, so every one has an average of its own
         "trainer.max_epochs=2",
         "test=false",
         "callbacks=[model_checkpoint,rng_state,ema]",
