@@ -183,3 +183,25 @@ def test_run_directories_are_unique_within_the_same_second(tmp_path: Path) -> No
         assert re.fullmatch(r"2026-01-02_03-04-05_[0-9a-f]{6}", Path(run_dir).name), run_dir
     for sweep_dir in sweep_dirs:
         assert Path(sweep_dir).parent == tmp_path / "fashiondet" / "multiruns"
+
+
+def test_one_config_word_changes_the_head_not_the_backbone() -> None:
+    """Every head config and every head's recipe builds the same backbone (weights, norms, freeze),
+    so comparing heads compares heads; a pretraining trains its backbone's stem too."""
+    from hydra import compose, initialize_config_dir
+
+    from detection.models import HEADS
+    from detection.runtime import launch  # noqa: F401  (registers the config resolvers)
+
+    def backbone(overrides: list[str]) -> dict:
+        return OmegaConf.to_container(compose("train", overrides).model.backbone, resolve=True)
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        main = backbone([])
+        by_config = {f"model={head}": backbone([f"model={head}"]) for head in HEADS}
+        for name in DETECTION_EXPERIMENTS:
+            by_config[f"experiment={name}"] = backbone([f"experiment={name}"])
+        pretraining = backbone(["experiment=pretrain_fashion_mnist"])
+    assert {name: config for name, config in by_config.items() if config != main} == {}
+    assert (main["norm"], main["freeze_at"]) == ("bn", 1)
+    assert (pretraining["norm"], pretraining["freeze_at"]) == ("bn", 0)
