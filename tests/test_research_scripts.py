@@ -420,14 +420,20 @@ def test_benchmark_heads_prints_both_heads_per_image(tmp_path: Path) -> None:
         set(params) == {"faster_rcnn", "light_head_rcnn"}
         and params["faster_rcnn"] != params["light_head_rcnn"]
     )
-    table = {line[:18].strip(): [float(v) for v in line[18:].split()] for line in lines[-5:-1]}
-    assert list(table) == ["end to end", "head (RPN + RoI)", "RoI heads", "proposals/img"]
+    table = {line[:18].strip(): [float(v) for v in line[18:].split()] for line in lines[-7:-2]}
+    assert list(table) == ["end to end", "backbone", "head (RPN + RoI)", "RoI heads", "proposals/img"]
     assert all(faster > 0 and light > 0 for faster, light, _ in table.values())
     assert all(0 < n <= 20 for n in table["proposals/img"][:2])  # at most --proposals per image
-    floor = float(lines[-1].rsplit(": ", 1)[1])
     faster = dict(zip(table, (row[0] for row in table.values()), strict=True))
+    # the backbone is a part of the whole pass, and the share line is its time over the whole
+    assert faster["backbone"] < faster["end to end"]
+    assert lines[-2].startswith("backbone alone")
+    share = float(lines[-2].rsplit(": ", 1)[1])
+    assert share == pytest.approx(faster["backbone"] / faster["end to end"], abs=0.05)
+    floor = float(lines[-1].rsplit(": ", 1)[1])
     # the table is rounded to 0.1 ms
     assert floor == pytest.approx(1 - faster["RoI heads"] / faster["end to end"], abs=0.05)
+    assert share < floor  # the backbone is inside what the floor keeps
 
 
 @pytest.mark.parametrize("script", sorted(TOOLS))

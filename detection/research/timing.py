@@ -44,9 +44,10 @@ def count_parameters(model: nn.Module, prefix: str | tuple[str, ...] = "") -> in
 def rcnn_timings(model: nn.Module, images: list[Tensor], warmup: int = 1, runs: int = 3) -> dict[str, float]:
     """Milliseconds per image of a torchvision-style R-CNN on one batch of `images`.
 
-    "end to end" is the whole forward pass, "head (RPN + RoI)" everything after the backbone + FPN
-    features (computed once, outside the clock), "RoI heads" the second stage alone on the first
-    pass's proposals; "proposals/img" is how many proposals the RPN kept per image.
+    "end to end" is the whole forward pass, "backbone" the classification network alone (no FPN)
+    on the resized batch, "head (RPN + RoI)" everything after the backbone + FPN features (computed
+    once, outside the clock), "RoI heads" the second stage alone on the first pass's proposals;
+    "proposals/img" is how many proposals the RPN kept per image.
     """
     model.eval()
     batch, _ = model.transform(images)
@@ -63,6 +64,7 @@ def rcnn_timings(model: nn.Module, images: list[Tensor], warmup: int = 1, runs: 
     n = len(images)
     return {
         "end to end": median_ms(lambda: model(images), warmup, runs) / n,
+        "backbone": median_ms(lambda: model.backbone.body(batch.tensors), warmup, runs) / n,
         "head (RPN + RoI)": median_ms(head, warmup, runs) / n,
         "RoI heads": median_ms(roi_heads, warmup, runs) / n,
         "proposals/img": sum(len(p) for p in proposals) / n,
