@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from detection.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from detection.data.classification import FashionMNISTDataset
 from detection.data.fashion_mnist import DEBIAN_DIR, ENV_VAR, FashionMNISTNotFoundError
 
 needs_debian = pytest.mark.skipif(
@@ -96,3 +99,22 @@ def test_bad_idx_files_are_named(
     with pytest.raises(ValueError, match="t10k-images-idx3-ubyte") as info:
         load_fashion_mnist("test", data_dir=tmp_path, debian_dir=None)
     assert expected in str(info.value)
+
+
+@needs_debian
+def test_items_are_resized_once_as_each_item_would_be() -> None:
+    images, labels = load_fashion_mnist("test")
+    indices = np.array([5, 0, 9_999])
+    dataset = FashionMNISTDataset(images, labels, indices, image_size=32, hflip_prob=0.0)
+    assert dataset.images.shape == (3, 1, 32, 32) and dataset.images.dtype == torch.uint8
+    for position, source in enumerate(indices):
+        image, label = dataset[position]
+        item = torch.from_numpy(images[source].astype(np.float32) / 255.0)[None, None]
+        expected = F.interpolate(item, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        assert image.shape == (3, 32, 32) and int(label) == labels[source]
+        assert torch.equal(image[0], image[2])  # grey in 3 channels
+        assert (image[0] - expected[0, 0]).abs().max() <= 1.5 / 255  # uint8 rounding only
+    flipped = FashionMNISTDataset(images, labels, indices, image_size=32, hflip_prob=1.0)
+    assert torch.equal(flipped[1][0], dataset[1][0].flip(-1))
+    native = FashionMNISTDataset(images, labels, indices, image_size=28)
+    assert torch.equal(native[0][0][0], torch.from_numpy(images[5].astype(np.float32) / 255.0))

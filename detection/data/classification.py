@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 
 class FashionMNISTDataset(Dataset):
-    """Items `indices` of a Fashion-MNIST split as (float [3,S,S] in [0,1], int64 label)."""
+    """Items `indices` of a Fashion-MNIST split as (float [3,S,S] in [0,1], int64 label).
+
+    The items are resized once, at construction (uint8, antialiased bilinear, as torchvision resizes
+    uint8 images): resizing each item again every epoch cost about 5 % of a 32 px training step.
+    """
 
     def __init__(
         self,
@@ -40,30 +44,33 @@ class FashionMNISTDataset(Dataset):
         image_size: int = 64,
         hflip_prob: float = 0.0,
     ) -> None:
-        self.images = images
-        self.labels = labels
         self.indices = np.asarray(indices, dtype=np.int64)
         self.image_size = int(image_size)
         self.hflip_prob = float(hflip_prob)
+        self.labels = torch.as_tensor(np.asarray(labels)[self.indices], dtype=torch.int64)
+        self.images = _resize_items(np.asarray(images)[self.indices], self.image_size)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        source = int(self.indices[index])
-        image = torch.from_numpy(np.array(self.images[source], dtype=np.float32) / 255.0)[None, None]
-        if self.image_size != image.shape[-1]:
-            image = F.interpolate(
-                image,
-                size=(self.image_size, self.image_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            ).clamp_(0.0, 1.0)
-        image = image[0].expand(3, -1, -1).contiguous()
+        image = (self.images[index].float() / 255.0).expand(3, -1, -1)
         if self.hflip_prob > 0 and float(torch.rand(())) < self.hflip_prob:
             image = image.flip(-1)
-        return image, torch.tensor(int(self.labels[source]), dtype=torch.int64)
+        return image.contiguous(), self.labels[index]
+
+
+def _resize_items(images: np.ndarray, size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 [N,H,W] -> uint8 [N,1,size,size]."""
+    items = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))[:, None]
+    if size == items.shape[-1]:
+        return items
+    return torch.cat(
+        [
+            F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            for part in items.split(chunk)
+        ]
+    )
 
 
 class CropDataset(Dataset):
