@@ -44,7 +44,19 @@ LABELS = {
 VARIANTS = tuple(LABELS)
 # (transfer.<key>, the pretraining run's name, its overrides)
 PRETRAININGS = (
-    ("fashion_mnist_ckpt", "pretrain_fashion_mnist", ["experiment=pretrain_fashion_mnist"]),
+    # the study's detector is EfficientNet-Lite0: its Fashion-MNIST pretraining is the Lite0 recipe
+    # (float32: bfloat16 slows its depthwise convolutions), not the experiment's ResNet-10-T
+    (
+        "fashion_mnist_ckpt",
+        "pretrain_fashion_mnist",
+        [
+            "experiment=pretrain_fashion_mnist",
+            "model/backbone=efficientnet_lite0",
+            "trainer.precision=32-true",
+            "model.optimizer.weight_decay=5e-5",
+            "trainer.max_epochs=6",
+        ],
+    ),
     (
         "fashion_crops_ckpt",
         "pretrain_fashion_crops",
