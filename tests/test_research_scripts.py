@@ -75,7 +75,7 @@ TOOLS = {
     "profile_backbone.py": (
         "profile",
         {"--backbones", "--size", "--batch-sizes", "--warmup", "--steps", "--threads", "--device", "--out"}
-        | {"--layouts"},
+        | {"--layouts", "--precisions"},
     ),
     "export.py": ("export", {"--ckpt", "--heads", "--data-root", "--images", "--atol", "--threads", "--out"}),
     "overhead.py": (
@@ -321,6 +321,28 @@ def test_profile_backbone_measures_both_memory_layouts(tmp_path: Path) -> None:
     for key in ("params_M", "gflops", "depth", "activations_MB"):
         assert float(nchw[key]) == pytest.approx(float(nhwc[key]), rel=1e-6), key
     assert float(nhwc["images_per_s"]) > 0
+
+
+def test_profile_backbone_measures_bfloat16_autocast(tmp_path: Path) -> None:
+    _run(
+        "profile_backbone.py",
+        "--backbones=timm:resnet10t",
+        "--layouts=nhwc",
+        "--precisions=fp32,bf16",
+        "--batch-sizes=256",
+        "--size=32",
+        "--steps=1",
+        "--warmup=0",
+        "--threads=1",
+        f"--out={tmp_path}",
+    )
+    fp32, bf16 = _csv(tmp_path / "profile_backbone.csv")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    assert float(fp32["params_M"]) == float(bf16["params_M"])
+    # autocast keeps the convolutions' inputs for backward in bfloat16: at a batch where feature maps
+    # outweigh its bfloat16 copies of the weights, well under float32's bytes
+    assert float(bf16["activations_MB"]) < 0.8 * float(fp32["activations_MB"])
+    assert float(bf16["images_per_s"]) > 0
 
 
 def test_export_fcos_matches_onnxruntime_on_fashiondet_images(

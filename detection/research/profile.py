@@ -9,13 +9,16 @@ backbone, a scalar loss on its feature maps, backward and an SGD step. Measured:
   the forward pass (`torch.utils.flop_counter.FlopCounterMode`, multiply and add = two FLOPs);
 - saved activations (MB): bytes of the tensors autograd keeps for backward in one step (counted
   with `torch.autograd.graph.saved_tensors_hooks`, each storage once, weights left out) - the
-  feature-map memory that grows with batch size, the same on any device;
+  feature-map memory that grows with batch size, the same on any device; under bfloat16 autocast it
+  also holds the bfloat16 copies of the weights that autocast makes, which do not grow with batch;
 - peak memory (MB): on CUDA `torch.cuda.max_memory_allocated` above the model's own; on CPU the
   growth of the process's peak resident set (Linux VmHWM, reset through /proc/self/clear_refs)
   during the step, named "peak RSS growth (CPU)" - allocator caching makes it a rough measure;
 - images / s: batch size over the median step time;
 - layout (`--layouts nchw,nhwc`): the backbone in PyTorch's default memory layout or channels-last
-  (`build_backbone(channels_last=True)`), which oneDNN trains faster on CPU.
+  (`build_backbone(channels_last=True)`), which oneDNN trains faster on CPU;
+- precision (`--precisions fp32,bf16`): float32, or bfloat16 autocast (`trainer.precision=bf16-mixed`
+  in a run): dense convolutions gain on a CPU with AVX512-BF16 or AMX, depthwise ones may lose.
 
 Writes profile_backbone.csv / .md / .png into --out (default logs/profile_backbone/<stamp>).
 """
@@ -42,6 +45,7 @@ BACKBONES = "resnet18,resnet50,resnext50_32x4d,wide_resnet50_2,efficientnet_lite
 COLUMNS = [
     ("backbone", "backbone", ""),
     ("layout", "layout", ""),
+    ("precision", "precision", ""),
     ("params_M", "params (M)", ".2f"),
     ("depth", "convs", ""),
     ("width", "C5 channels", ""),
@@ -62,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=128, help="input side in pixels")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--layouts", default="nchw", help="nchw | nhwc | nchw,nhwc (channels-last)")
+    parser.add_argument("--precisions", default="fp32", help="fp32 | bf16 | fp32,bf16 (bfloat16 autocast)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per batch size")
     parser.add_argument("--threads", type=int, default=2)
@@ -93,7 +98,11 @@ def feature_loss(features: dict[str, Tensor]) -> Tensor:
     return sum(f.float().pow(2).mean() for f in features.values())
 
 
-def saved_activation_bytes(model: nn.Module, batch: Tensor) -> int:
+def autocast(batch: Tensor, precision: str) -> torch.autocast:
+    return torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def saved_activation_bytes(model: nn.Module, batch: Tensor, precision: str = "fp32") -> int:
     """Bytes autograd keeps for backward in one forward pass: each storage once, weights left out."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -104,25 +113,31 @@ def saved_activation_bytes(model: nn.Module, batch: Tensor) -> int:
             seen[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(batch, precision):
         loss = feature_loss(model(batch))
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(seen.values())
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor) -> None:
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, precision: str = "fp32"
+) -> None:
     optimizer.zero_grad(set_to_none=True)
-    feature_loss(model(batch)).backward()
+    with autocast(batch, precision):
+        loss = feature_loss(model(batch))
+    loss.backward()
     optimizer.step()
 
 
-def step_seconds(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, steps: int) -> float:
+def step_seconds(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, steps: int, precision: str = "fp32"
+) -> float:
     """Median wall time of a training step; CUDA is synchronised so the clock sees its work."""
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        train_step(model, optimizer, batch)
+        train_step(model, optimizer, batch, precision)
         if batch.device.type == "cuda":
             torch.cuda.synchronize(batch.device)
         times.append(time.perf_counter() - start)
@@ -148,34 +163,38 @@ def profile(
     steps: int,
     device: torch.device,
     layout: str = "nchw",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """One row per batch size for the backbone `name`, randomly initialised with seed 0."""
     if layout not in ("nchw", "nhwc"):
         raise ValueError(f"unknown layout {layout!r}: nchw or nhwc")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}: fp32 or bf16")
     torch.manual_seed(0)
     model = build_backbone(name, weights=None, norm="bn", freeze_at=0, channels_last=layout == "nhwc")
     model = model.to(device)
-    info = {**describe(name, model, size), "layout": layout}
+    info = {**describe(name, model, size), "layout": layout, "precision": precision}
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     rows = []
     for batch_size in batch_sizes:
         model.train()
         batch = torch.rand(batch_size, 3, size, size, device=device)
-        activations = saved_activation_bytes(model, batch)
+        activations = saved_activation_bytes(model, batch, precision)
         for _ in range(warmup):
-            train_step(model, optimizer, batch)
+            train_step(model, optimizer, batch, precision)
         with PeakMemory(device) as peak:
-            train_step(model, optimizer, batch)
+            train_step(model, optimizer, batch, precision)
         row = {
             **info,
             "batch": batch_size,
             "activations_MB": activations / 2**20,
             "peak_MB": peak.bytes / 2**20,
             "memory_measure": peak.name,
-            "images_per_s": batch_size / step_seconds(model, optimizer, batch, steps),
+            "images_per_s": batch_size / step_seconds(model, optimizer, batch, steps, precision),
         }
         print(
-            f"{name:20s} {layout} batch {batch_size:3d}: {row['activations_MB']:8.1f} MB saved activations, "
+            f"{name:20s} {layout} {precision} batch {batch_size:3d}: "
+            f"{row['activations_MB']:8.1f} MB saved activations, "
             f"{row['peak_MB']:8.1f} MB {peak.name}, {row['images_per_s']:7.1f} img/s",
             flush=True,
         )
@@ -186,11 +205,12 @@ def profile(
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     figure = figures.new_figure(10.0, 4.2)
     mem_ax, speed_ax = figure.subplots(1, 2)
-    keys = list(dict.fromkeys((r["backbone"], r["layout"]) for r in rows))
-    several_layouts = len({layout for _, layout in keys}) > 1
+    keys = list(dict.fromkeys((r["backbone"], r["layout"], r["precision"]) for r in rows))
+    varied = [len({key[i] for key in keys}) > 1 for i in (1, 2)]
     for i, key in enumerate(keys):
-        mine = [r for r in rows if (r["backbone"], r["layout"]) == key]
-        name = f"{key[0]} ({key[1]})" if several_layouts else key[0]
+        mine = [r for r in rows if (r["backbone"], r["layout"], r["precision"]) == key]
+        settings = [part for part, shown in zip(key[1:], varied) if shown]
+        name = f"{key[0]} ({', '.join(settings)})" if settings else key[0]
         colour, marker = figures.COLOURS[i % len(figures.COLOURS)], figures.MARKERS[i % len(figures.MARKERS)]
         batches, activations = [r["batch"] for r in mine], [r["activations_MB"] for r in mine]
         mem_ax.plot(batches, activations, "-", marker=marker, color=colour, label=name)
@@ -229,9 +249,19 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.backbones.split(","):
         for layout in args.layouts.split(","):
-            rows.extend(
-                profile(name.strip(), args.size, batch_sizes, args.warmup, args.steps, device, layout.strip())
-            )
+            for precision in args.precisions.split(","):
+                rows.extend(
+                    profile(
+                        name.strip(),
+                        args.size,
+                        batch_sizes,
+                        args.warmup,
+                        args.steps,
+                        device,
+                        layout.strip(),
+                        precision.strip(),
+                    )
+                )
     where = f"{device.type}" + (
         f", {args.threads} threads" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})"
     )
