@@ -118,3 +118,28 @@ def test_items_are_resized_once_as_each_item_would_be() -> None:
     assert torch.equal(flipped[1][0], dataset[1][0].flip(-1))
     native = FashionMNISTDataset(images, labels, indices, image_size=28)
     assert torch.equal(native[0][0][0], torch.from_numpy(images[5].astype(np.float32) / 255.0))
+
+
+@needs_debian
+def test_max_shift_moves_items_within_a_black_border() -> None:
+    images, labels = load_fashion_mnist("test")
+    still = FashionMNISTDataset(images, labels, np.array([7]), image_size=32)[0][0]
+    shifted = FashionMNISTDataset(images, labels, np.array([7]), image_size=32, max_shift=2)
+    padded = F.pad(still, [2, 2, 2, 2])
+    offsets = [(top, left) for top in range(5) for left in range(5)]
+    windows = {(top, left): padded[:, top : top + 32, left : left + 32] for top, left in offsets}
+    seen = set()
+    for _ in range(200):
+        image = shifted[0][0]
+        assert image.shape == (3, 32, 32)
+        seen |= {offset for offset, window in windows.items() if torch.equal(image, window)}
+    assert len(seen) >= 20  # 25 offsets, each an exact copy of the item moved by up to 2 px
+    with pytest.raises(ValueError, match="max_shift"):
+        FashionMNISTDataset(images, labels, np.array([7]), image_size=32, max_shift=-1)
+
+
+def test_max_shift_is_refused_for_fashion_crops() -> None:
+    from detection.data import ClassificationDataModule
+
+    with pytest.raises(ValueError, match="Fashion-MNIST only"):
+        ClassificationDataModule(source="fashion_crops", crops={"root": "nowhere"}, max_shift=2)

@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 class FashionMNISTDataset(Dataset):
     """Items `indices` of a Fashion-MNIST split as (float [3,S,S] in [0,1], int64 label).
 
-    The items are resized once, at construction (uint8, antialiased bilinear, as torchvision resizes
-    uint8 images): resizing each item again every epoch cost about 5 % of a 32 px training step.
+    ``max_shift`` > 0: each item moves by up to that many pixels in x and y (uniform; the uncovered
+    border is black, the items' background). The items are resized once, at construction (uint8,
+    antialiased bilinear, as torchvision resizes uint8 images): resizing each item again every epoch
+    cost about 5 % of a 32 px training step.
     """
 
     def __init__(
@@ -43,18 +45,28 @@ class FashionMNISTDataset(Dataset):
         indices: np.ndarray,
         image_size: int = 64,
         hflip_prob: float = 0.0,
+        max_shift: int = 0,
     ) -> None:
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0 pixels, got {max_shift}")
         self.indices = np.asarray(indices, dtype=np.int64)
         self.image_size = int(image_size)
         self.hflip_prob = float(hflip_prob)
+        self.max_shift = int(max_shift)
         self.labels = torch.as_tensor(np.asarray(labels)[self.indices], dtype=torch.int64)
-        self.images = _resize_items(np.asarray(images)[self.indices], self.image_size)
+        images = _resize_items(np.asarray(images)[self.indices], self.image_size)
+        # kept padded with the items' black background, so a shift is a slice
+        self.images = F.pad(images, [self.max_shift] * 4) if self.max_shift else images
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = (self.images[index].float() / 255.0).expand(3, -1, -1)
+        image = self.images[index]
+        if self.max_shift:
+            top, left = torch.randint(0, 2 * self.max_shift + 1, (2,)).tolist()
+            image = image[:, top : top + self.image_size, left : left + self.image_size]
+        image = (image.float() / 255.0).expand(3, -1, -1)
         if self.hflip_prob > 0 and float(torch.rand(())) < self.hflip_prob:
             image = image.flip(-1)
         return image.contiguous(), self.labels[index]
@@ -109,6 +121,7 @@ class ClassificationDataModule(L.LightningDataModule):
         val_size: training items held out for validation (chosen by `split_seed`).
         train_size, test_size: use only the first N training / test items (None: all), for fast runs.
         hflip_prob: probability of a horizontal flip of a training image.
+        max_shift: Fashion-MNIST only: a training image moves by up to this many pixels in x and y.
         num_classes: must be 10 (present so that configs can state it for the model to follow).
     """
 
@@ -126,6 +139,7 @@ class ClassificationDataModule(L.LightningDataModule):
         train_size: int | None = None,
         test_size: int | None = None,
         hflip_prob: float = 0.5,
+        max_shift: int = 0,
         split_seed: int = 0,
         num_classes: int = len(FASHION_MNIST_CLASSES),
         source: str = "fashion_mnist",
@@ -139,6 +153,8 @@ class ClassificationDataModule(L.LightningDataModule):
             raise ValueError(
                 "data.source=fashion_crops needs data.crops: the detection set to crop (root, ...)"
             )
+        if source == "fashion_crops" and max_shift:
+            raise ValueError("data.max_shift applies to Fashion-MNIST only; FashionCrops take hflip_prob")
         if not 0 < val_size < 60_000:
             raise ValueError(f"val_size must be between 1 and 59999, got {val_size}")
         if num_classes != len(FASHION_MNIST_CLASSES):
@@ -185,7 +201,9 @@ class ClassificationDataModule(L.LightningDataModule):
             len(test_images) if hp.test_size is None else min(hp.test_size, len(test_images))
         )
         self.datasets = {
-            "train": FashionMNISTDataset(images, labels, train_idx, hp.image_size, hp.hflip_prob),
+            "train": FashionMNISTDataset(
+                images, labels, train_idx, hp.image_size, hp.hflip_prob, hp.max_shift
+            ),
             "val": FashionMNISTDataset(images, labels, val_idx, hp.image_size),
             "test": FashionMNISTDataset(test_images, test_labels, test_idx, hp.image_size),
         }
