@@ -1,7 +1,7 @@
 """Backbone pretraining for detection: ImageNet, Fashion-MNIST, none (detection.research.transfer).
 
     python scripts/transfer_study.py -- extras.num_threads=2
-    python scripts/transfer_study.py --pretrained logs/pretrain_fashion_mnist/runs/<run>/checkpoints/last.ckpt
+    python scripts/transfer_study.py --pretrained <an EfficientNet-Lite0 Fashion-MNIST checkpoint>
     python scripts/transfer_study.py --sweep-dir logs/transfer_study/multiruns/<stamp>   # tabulate only
 
 Everything after `--` goes to the detection jobs as Hydra overrides.

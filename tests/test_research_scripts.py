@@ -303,19 +303,19 @@ def test_profile_backbone_writes_table_and_plot(tmp_path: Path) -> None:
     assert min(_png_size(tmp_path / "profile_backbone.png")) > 0
 
 
+def _profile_two_rows(tmp_path: Path, *flags: str) -> list[dict[str, str]]:
+    """profile_backbone.py at 32 px, one timed step, one thread: its two CSV rows."""
+    fixed = ["--size=32", "--steps=1", "--warmup=0", "--threads=1", f"--out={tmp_path}"]
+    _run("profile_backbone.py", *flags, *fixed)
+    rows = _csv(tmp_path / "profile_backbone.csv")
+    assert len(rows) == 2
+    return rows
+
+
 def test_profile_backbone_measures_both_memory_layouts(tmp_path: Path) -> None:
-    _run(
-        "profile_backbone.py",
-        "--backbones=efficientnet_lite0",
-        "--layouts=nchw,nhwc",
-        "--batch-sizes=2",
-        "--size=32",
-        "--steps=1",
-        "--warmup=0",
-        "--threads=1",
-        f"--out={tmp_path}",
+    nchw, nhwc = _profile_two_rows(
+        tmp_path, "--backbones=efficientnet_lite0", "--layouts=nchw,nhwc", "--batch-sizes=2"
     )
-    nchw, nhwc = _csv(tmp_path / "profile_backbone.csv")
     assert (nchw["layout"], nhwc["layout"]) == ("nchw", "nhwc")
     # the same network: the same parameters and FLOPs, only the memory layout differs
     for key in ("params_M", "gflops", "depth", "activations_MB"):
@@ -324,19 +324,13 @@ def test_profile_backbone_measures_both_memory_layouts(tmp_path: Path) -> None:
 
 
 def test_profile_backbone_measures_bfloat16_autocast(tmp_path: Path) -> None:
-    _run(
-        "profile_backbone.py",
+    fp32, bf16 = _profile_two_rows(
+        tmp_path,
         "--backbones=timm:resnet10t",
         "--layouts=nhwc",
         "--precisions=fp32,bf16",
         "--batch-sizes=256",
-        "--size=32",
-        "--steps=1",
-        "--warmup=0",
-        "--threads=1",
-        f"--out={tmp_path}",
     )
-    fp32, bf16 = _csv(tmp_path / "profile_backbone.csv")
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
     assert float(fp32["params_M"]) == float(bf16["params_M"])
     # autocast keeps the convolutions' inputs for backward in bfloat16: at a batch where feature maps

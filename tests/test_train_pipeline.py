@@ -77,6 +77,7 @@ def test_fast_dev_run_pretraining_experiment(tmp_path: Path) -> None:
     assert value == metrics["val/acc"]  # optimized_metric of the experiment
 
 
+@pytest.mark.slow
 def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Path) -> None:
     """The experiment as shipped (ResNet-10-T, bfloat16 autocast) on 256 items: the classifier fits
     them and beats chance on test items it never saw; its checkpoint fills every head's backbone of
@@ -106,7 +107,9 @@ def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Pa
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     task = ClassificationTask.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     assert task.hparams.model["backbone"]["name"] == "timm:resnet10t"
-    module = ClassificationDataModule(data_dir=None, image_size=32, train_size=256, val_size=32)
+    module = ClassificationDataModule(
+        data_dir=None, image_size=32, train_size=256, val_size=32, hflip_prob=0.0
+    )
     module.setup()
     images, labels = next(iter(torch.utils.data.DataLoader(module.datasets["train"], batch_size=256)))
     with torch.no_grad():
@@ -119,6 +122,25 @@ def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Pa
         detector = build_detector(head, 10, backbone)
         report = load_backbone_weights(detector.backbone.body, checkpoint)
         assert report.missing == [] and report.loaded > 0, (head, report.summary())
+
+
+def test_transfer_study_pretrains_its_lite0_as_measured() -> None:
+    """The transfer study's detector is EfficientNet-Lite0: its Fashion-MNIST pretraining composes the
+    Lite0 recipe (float32, 6 epochs, no shifted items), not the experiment's ResNet-10-T."""
+    from hydra import compose, initialize_config_dir
+
+    from detection.research.transfer import PRETRAININGS
+    from detection.runtime import launch  # noqa: F401  (registers the config resolvers)
+
+    overrides = {key: run_overrides for key, _, run_overrides in PRETRAININGS}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        lite0 = compose("train", overrides["fashion_mnist_ckpt"])
+        shipped = compose("train", ["experiment=pretrain_fashion_mnist"])
+        study = compose("train", ["experiment=transfer_study"])
+    assert lite0.model.backbone.name == study.model.backbone.name == "efficientnet_lite0"
+    assert (lite0.trainer.precision, lite0.trainer.max_epochs, lite0.data.max_shift) == ("32-true", 6, 0)
+    assert lite0.model.optimizer.weight_decay == 5e-5
+    assert shipped.model.backbone.name == "timm:resnet10t" and shipped.trainer.precision == "bf16-mixed"
 
 
 def test_two_validations_per_epoch(fashiondet_small_root: Path, tmp_path: Path) -> None:
