@@ -83,7 +83,6 @@ def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Pa
     them and beats chance on test items it never saw; its checkpoint fills every head's backbone of
     the same backbone config, no tensor missing."""
     import torch
-    from omegaconf import OmegaConf as Conf
 
     from detection.data import ClassificationDataModule
     from detection.models import HEADS, build_detector
@@ -116,7 +115,7 @@ def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Pa
         train_acc = float((task(images).argmax(dim=1) == labels).float().mean())
     assert train_acc >= 0.75, train_acc
     assert metrics["test/acc"] >= 0.5, metrics  # chance is 0.1
-    backbone = Conf.to_container(Conf.load(CONF_DIR / "model" / "backbone" / "resnet10t.yaml"))
+    backbone = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "backbone" / "resnet10t.yaml"))
     backbone["weights"] = None
     for head in HEADS:
         detector = build_detector(head, 10, backbone)

@@ -26,6 +26,7 @@ Writes profile_backbone.csv / .md / .png into --out (default logs/profile_backbo
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -247,21 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path("logs") / "profile_backbone" / time.strftime("%Y-%m-%d_%H-%M-%S")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
-    for name in args.backbones.split(","):
-        for layout in args.layouts.split(","):
-            for precision in args.precisions.split(","):
-                rows.extend(
-                    profile(
-                        name.strip(),
-                        args.size,
-                        batch_sizes,
-                        args.warmup,
-                        args.steps,
-                        device,
-                        layout.strip(),
-                        precision.strip(),
-                    )
-                )
+    lists = (args.backbones, args.layouts, args.precisions)
+    grid = [[part.strip() for part in arg.split(",")] for arg in lists]
+    for name, layout, precision in itertools.product(*grid):
+        rows.extend(profile(name, args.size, batch_sizes, args.warmup, args.steps, device, layout, precision))
     where = f"{device.type}" + (
         f", {args.threads} threads" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})"
     )
