@@ -142,6 +142,27 @@ def test_transfer_study_pretrains_its_lite0_as_measured() -> None:
     assert shipped.model.backbone.name == "timm:resnet10t" and shipped.trainer.precision == "bf16-mixed"
 
 
+def test_main_job_trains_fcos_at_192_px_and_the_measured_experiments_keep_their_recipes() -> None:
+    """The main job: FCOS upsamples the 128 px canvases to 192 px, flips only, three epochs. The
+    per-head recipes, the benchmark and the transfer study keep the jitter they were measured with,
+    and the two studies that run FCOS keep its 128 px."""
+    from hydra import compose, initialize_config_dir
+
+    from detection.runtime import launch  # noqa: F401  (registers the config resolvers)
+
+    def recipe(overrides: list[str]) -> tuple:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides)
+        size, jitter = (cfg.model.detector.min_size, cfg.model.detector.max_size), cfg.data.train_transforms
+        return size, jitter.scale_range, jitter.photometric_prob, cfg.trainer.max_epochs
+
+    assert recipe([]) == ((192, 192), None, 0.0, 3)
+    for head, epochs in (("retinanet", 7), ("faster_rcnn", 5), ("light_head_rcnn", 6)):
+        assert recipe([f"experiment=fashiondet_{head}"]) == ((128, 128), [0.75, 1.25], 0.5, epochs), head
+    for study, epochs in (("benchmark", 1), ("transfer_study", 2)):
+        assert recipe([f"experiment={study}", "model=fcos"]) == ((128, 128), [0.75, 1.25], 0.5, epochs), study
+
+
 def test_two_validations_per_epoch(fashiondet_small_root: Path, tmp_path: Path) -> None:
     run_dir, _ = train_in_process(
         [
