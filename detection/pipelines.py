@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detection.runtime.checkpoints import requeued_checkpoint, resolve_ckpt_path, run_dir_of
 from detection.runtime.launch import job_processes
+from detection.runtime.performance import configure_performance
 from detection.runtime.logging import (
     build_loggers,
     finish_loggers,
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float | None:
     """Seed; build data, task, callbacks, loggers, trainer; fit; test the best checkpoint; write metrics."""
     started = time.perf_counter()
+    configure_performance(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
@@ -87,6 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Checkpoint -> test metrics, with the data config of this run."""
     if not cfg.get("ckpt_path"):
         raise ValueError("eval needs ckpt_path=<checkpoint file | run directory | last>")
+    configure_performance(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
@@ -114,6 +117,7 @@ def predict(cfg: DictConfig) -> Path:
     """Checkpoint + folder of images -> <run dir>/predictions.json and images with boxes drawn."""
     if not cfg.get("ckpt_path"):
         raise ValueError("predict needs ckpt_path=<checkpoint file | run directory | last>")
+    configure_performance(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name, exclude=run_dir)
     task_class = hydra.utils.get_class(cfg.task_class)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from detection.data.crops import crop_boxes, split_images
 from detection.data.datamodule import DetectionDataModule
 from detection.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from detection.data.loading import EpochRandomSampler, ResumableDataLoader, eval_sampler
+from detection.data.loading import EpochRandomSampler, ResumableDataLoader, eval_sampler, loader_options
 
 __all__ = ["SOURCES", "ClassificationDataModule", "CropDataset", "FashionMNISTDataset"]
 
@@ -132,9 +132,9 @@ class ClassificationDataModule(L.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        num_workers: int | str | None = 0,
+        pin_memory: bool | str | None = False,
+        persistent_workers: bool | str | None = False,
         val_size: int = 5000,
         train_size: int | None = None,
         test_size: int | None = None,
@@ -254,9 +254,7 @@ class ClassificationDataModule(L.LightningDataModule):
             dataset,
             batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
             sampler=EpochRandomSampler(dataset) if train else eval_sampler(dataset),
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory and torch.cuda.is_available(),
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **loader_options(hp.num_workers, hp.pin_memory, hp.persistent_workers, self.trainer),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +29,7 @@ from detection.data.loading import (
     aspect_ratio_groups,
     collate_detection,
     eval_sampler,
+    loader_options,
 )
 from detection.data.readers import make_reader
 from detection.data.records import DetectionStats, check_class_names
@@ -100,7 +100,9 @@ class DetectionDataModule(L.LightningDataModule):
         generate: FashionDet generator arguments (`make_fashiondet`): the set is written under
             `root` on first use and reused while these parameters stay the same.
         batch_size, eval_batch_size: per-process batch sizes (eval defaults to batch_size).
-        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        num_workers, pin_memory, persistent_workers: DataLoader settings; ``"auto"`` chooses from
+            the run (`loading.loader_options`): on CUDA, workers from the CPUs per process, pinned
+            memory and persistent workers; on the CPU, none of them.
         group_aspect_ratio: k > 0 batches training images of similar width/height (2k+2 groups).
         cache_images: decode every image once into memory (uint8); for small sets.
         invalid_boxes: "error" or "drop" (counted as refused) for non-finite/empty/outside boxes.
@@ -128,9 +130,9 @@ class DetectionDataModule(L.LightningDataModule):
         test_images: str | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        num_workers: int | str | None = 0,
+        pin_memory: bool | str | None = False,
+        persistent_workers: bool | str | None = False,
         group_aspect_ratio: int = 0,
         cache_images: bool = False,
         invalid_boxes: str = "error",
@@ -247,13 +249,11 @@ class DetectionDataModule(L.LightningDataModule):
     def _loader(
         self, dataset: Any, batch_size: int, loader_class: type[DataLoader] = DataLoader, **kwargs: Any
     ) -> DataLoader:
-        workers = int(self.hparams.num_workers)
+        hp = self.hparams
         return loader_class(
             dataset,
             collate_fn=collate_detection,
-            num_workers=workers,
-            pin_memory=bool(self.hparams.pin_memory) and torch.cuda.is_available(),  # CPU runs: no-op warning
-            persistent_workers=bool(self.hparams.persistent_workers) and workers > 0,
+            **loader_options(hp.num_workers, hp.pin_memory, hp.persistent_workers, self.trainer),
             **({"batch_size": batch_size} if "batch_sampler" not in kwargs else {}),
             **kwargs,
         )

@@ -3,6 +3,8 @@
 - `collate_detection`: (image, target) pairs -> (list of images, list of targets), plain tensors.
 - `GroupedBatchSampler` batches images of one aspect-ratio group; `eval_sampler` splits an eval set
   across DDP ranks without padding (each image counts once in mAP).
+- `loader_options`: the DataLoader's workers and pinned memory, ``"auto"`` chosen from the run's
+  accelerator and the CPUs each of its processes has.
 - `ResumableDataLoader`: Lightning 2.x restarts an interrupted epoch by iterating the loader afresh
   and running only the remaining number of batches. A plain DataLoader then starts a new order
   from its first batch: with a fixed order the epoch's first batches run twice and its last ones
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
@@ -90,6 +93,50 @@ def eval_sampler(dataset: Any) -> Sampler[int] | None:
     return UnrepeatedDistributedSampler(
         dataset, num_replicas=world, rank=torch.distributed.get_rank(), shuffle=False
     )
+
+
+AUTO = "auto"
+# Loader workers per GPU process at most: more rarely help a detector's small batches and each one
+# holds a copy of what the dataset does not share (the cached canvases are shared on fork).
+MAX_AUTO_WORKERS = 8
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: what SLURM or taskset granted)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loader_options(
+    num_workers: int | str | None,
+    pin_memory: bool | str | None,
+    persistent_workers: bool | str | None,
+    trainer: Any = None,
+) -> dict[str, Any]:
+    """DataLoader ``num_workers``, ``pin_memory``, ``persistent_workers``; ``"auto"`` (or None) chooses.
+
+    On a CUDA run (the `trainer`'s root device; without a trainer, none): ``num_workers`` = the
+    process's CPUs shared by the machine's processes of the run (``trainer.num_devices``), one kept
+    for the training process itself, at most `MAX_AUTO_WORKERS`; memory pinned; workers kept
+    between epochs. On the CPU: no workers and no pinning, since loader processes take the cores
+    the model's own threads compute on. A number or a bool is taken as given (pinning only where
+    CUDA exists: elsewhere it is a no-op that warns).
+    """
+    cuda = trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cuda"
+    if num_workers is None or num_workers == AUTO:
+        processes = max(1, int(getattr(trainer, "num_devices", 1) or 1)) if cuda else 1
+        workers = min(MAX_AUTO_WORKERS, max(0, available_cpus() // processes - 1)) if cuda else 0
+    else:
+        workers = int(num_workers)
+    pin = cuda if pin_memory is None or pin_memory == AUTO else bool(pin_memory)
+    persistent = cuda if persistent_workers is None or persistent_workers == AUTO else bool(persistent_workers)
+    return {
+        "num_workers": workers,
+        "pin_memory": pin and torch.cuda.is_available(),
+        "persistent_workers": persistent and workers > 0,
+    }
 
 
 class EpochRandomSampler(RandomSampler):

@@ -1,0 +1,78 @@
+"""The GPU defaults that CPU runs must not pay for: loader workers and pinned memory chosen per run,
+cuDNN autotuning and TF32 in every GPU trainer config, debug presets on the run's accelerator."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from helpers import CONF_DIR
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from detection.data import DetectionDataModule
+from detection.data.loading import available_cpus, loader_options
+from detection.runtime.performance import configure_performance, runs_on_cuda
+
+
+def test_auto_loader_options_keep_cpu_runs_cheap(fashiondet_small_root: Path) -> None:
+    data = DetectionDataModule(
+        root=fashiondet_small_root,
+        batch_size=4,
+        num_workers="auto",
+        pin_memory="auto",
+        persistent_workers="auto",
+        print_summary=False,
+    )
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    data.trainer = trainer
+    loader = data.train_dataloader()
+    assert (loader.num_workers, loader.pin_memory, loader.persistent_workers) == (0, False, False)
+    # without a trainer (tools, notebooks): no workers either; a number is taken as given
+    assert loader_options("auto", "auto", "auto")["num_workers"] == 0
+    expected = {"num_workers": 3, "pin_memory": False, "persistent_workers": True}
+    assert loader_options(3, False, True) == expected
+    assert available_cpus() >= 1
+
+
+@contextlib.contextmanager
+def _composed(overrides: list[str]) -> Iterator[DictConfig]:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield compose(config_name="train", overrides=overrides)
+
+
+@pytest.mark.parametrize("trainer", ["gpu", "ddp", "multinode"])
+def test_gpu_trainer_configs_share_one_speed_policy(trainer: str) -> None:
+    with _composed([f"trainer={trainer}"]) as cfg:
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.benchmark is True
+        assert cfg.extras.float32_matmul_precision == "high"
+        assert cfg.data.num_workers == "auto" and cfg.data.pin_memory == "auto"
+        assert runs_on_cuda(cfg.trainer)
+
+
+@pytest.mark.parametrize("preset", ["fdr", "limit", "overfit", "profiler"])
+def test_debug_presets_keep_the_chosen_accelerator(preset: str) -> None:
+    with _composed(["trainer=gpu", f"debug={preset}"]) as cfg:
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+    with _composed([f"debug={preset}"]) as cfg:
+        assert cfg.trainer.accelerator == "auto"  # a CPU machine: the CPU, without loader workers
+        assert cfg.data.num_workers in (0, "auto")
+
+
+def test_matmul_precision_is_set_on_cuda_runs_only() -> None:
+    before = torch.get_float32_matmul_precision()
+    try:
+        cpu = {"trainer": {"accelerator": "cpu"}, "extras": {"float32_matmul_precision": "medium"}}
+        assert configure_performance(cpu) is None
+        assert torch.get_float32_matmul_precision() == before
+        gpu = {"trainer": {"accelerator": "gpu"}, "extras": {"float32_matmul_precision": "medium"}}
+        assert configure_performance(gpu) == "medium"
+        assert torch.get_float32_matmul_precision() == "medium"
+        with pytest.raises(ValueError, match="extras.float32_matmul_precision='tf32'"):
+            configure_performance({"trainer": gpu["trainer"], "extras": {"float32_matmul_precision": "tf32"}})
+    finally:
+        torch.set_float32_matmul_precision(before)
