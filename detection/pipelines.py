@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detection.runtime.checkpoints import requeued_checkpoint, resolve_ckpt_path, run_dir_of
 from detection.runtime.launch import job_processes
-from detection.runtime.performance import configure_performance
 from detection.runtime.logging import (
     build_loggers,
     finish_loggers,
@@ -26,6 +25,7 @@ from detection.runtime.logging import (
     print_metrics_table,
     select_metrics,
 )
+from detection.runtime.performance import configure_performance
 from detection.training.anchors import AnchorCoverageReport, resolve_anchor_sizes
 from detection.training.callbacks import LoaderStateCallback
 from detection.training.predictions import write_predictions
