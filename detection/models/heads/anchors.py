@@ -59,7 +59,15 @@ def anchor_sizes_for(
 
 class LevelCountingAnchorGenerator(AnchorGenerator):
     """torchvision's AnchorGenerator that remembers how many anchors per image each level made in
-    its last call (`num_anchors_per_level`): ATSS picks its candidates level by level."""
+    its last call (`num_anchors_per_level`): ATSS picks its candidates level by level.
+
+    Its anchors are float32 whatever the feature maps' dtype: torchvision's takes the dtype of the
+    maps, so under autocast it made bfloat16 anchors (centres rounded to 8 px at 1536 px) and
+    rounded its own cell anchors for good.
+    """
+
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device) -> None:
+        super().set_cell_anchors(torch.float32, device)
 
     num_anchors_per_level: list[int]
 

@@ -14,7 +14,6 @@ import math
 
 import torch
 from torch import nn
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
 
 def _replace_dense_classifier(detector: nn.Module, num_classes: int, prior_probability: float) -> None:
@@ -29,7 +28,7 @@ def _replace_dense_classifier(detector: nn.Module, num_classes: int, prior_proba
 
 def _replace_rcnn_predictor(detector: nn.Module, num_classes: int, prior_probability: float) -> None:
     old = detector.roi_heads.box_predictor
-    new = FastRCNNPredictor(old.cls_score.in_features, num_classes + 1)
+    new = type(old)(old.cls_score.in_features, num_classes + 1)  # keeps float32 predictions
     detector.roi_heads.box_predictor = new.to(old.cls_score.weight)
 
 

@@ -8,10 +8,15 @@ from detection.models.heads.anchors import anchor_generator
 from detection.models.heads.common import DetectorParts, build_transform
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
+from detection.models.precision import Float32Predictions
 
 
 class FCOSDetector(DetectorParts, FCOS):
     """torchvision's FCOS that declares its parts (`DetectorParts`)."""
+
+
+class FCOSPredictionHead(Float32Predictions, FCOSHead):
+    """torchvision's FCOS head whose predictions are float32 under autocast (`detection.models.precision`)."""
 
 
 def build_fcos(
@@ -39,7 +44,7 @@ def build_fcos(
     """
     norm_layer = head_norm_layer(head_norm)
     channels = backbone.out_channels
-    head = FCOSHead(channels, 1, num_classes, num_convs=0)
+    head = FCOSPredictionHead(channels, 1, num_classes, num_convs=0)
     # FCOSHead does not pass a norm layer through; its two towers do accept one.
     head.classification_head = FCOSClassificationHead(
         channels, 1, num_classes, int(num_convs), float(prior_probability), norm_layer=norm_layer

@@ -84,7 +84,12 @@ class LightHeadRoIPool(nn.Module):
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         thin = self.thin(features[self.feature_name])
-        return ps_roi_align(thin, proposals, self.pooled_size, self.spatial_scale, self.sampling_ratio)
+        # float32 proposals sample a float32 map, as torchvision's CUDA autocast does for this op (its
+        # CPU kernel has no autocast and refuses mixed dtypes); the pooled bins go on in the map's dtype
+        pooled = ps_roi_align(
+            thin.float(), proposals, self.pooled_size, self.spatial_scale, self.sampling_ratio
+        )
+        return pooled.to(thin.dtype)
 
 
 class LightHeadBoxHead(nn.Module):

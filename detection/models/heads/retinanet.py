@@ -17,6 +17,7 @@ from detection.models.heads.atss import ASSIGNMENTS, atss_assign
 from detection.models.heads.common import DetectorParts, build_transform
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
+from detection.models.precision import Float32Predictions
 
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 LOSS_NORMALIZATIONS = ("batch", "image")
@@ -61,8 +62,7 @@ class RetinaNetDetector(DetectorParts, RetinaNet):
         # the positives), summed over the batch and divided once by all its positives: per image,
         # a canvas with one small item would weigh its thousands of negatives against 3 positives.
         box_loss_type = self.head.regression_head._loss_type
-        classification = regression = head_outputs["cls_logits"].new_zeros(())
-        positives = 0
+        classification = regression = positives = head_outputs["cls_logits"].new_zeros(())
         for target, logits, deltas, image_anchors, image_matched in zip(
             targets,
             head_outputs["cls_logits"],
@@ -85,9 +85,14 @@ class RetinaNetDetector(DetectorParts, RetinaNet):
                 target["boxes"][image_matched[foreground]],
                 deltas[foreground],
             )
-            positives += int(foreground.sum())
-        positives = max(1, positives)
+            positives = positives + foreground.sum()
+        positives = positives.clamp(min=1)  # on the device: no host sync per image
         return {"classification": classification / positives, "bbox_regression": regression / positives}
+
+
+class RetinaNetPredictionHead(Float32Predictions, RetinaNetHead):
+    """torchvision's RetinaNet head whose predictions are float32 under autocast
+    (`detection.models.precision`)."""
 
 
 def _tower(channels: int, num_convs: int, head_norm: str) -> nn.Sequential:
@@ -154,7 +159,9 @@ def build_retinanet(
         )
     anchors = anchor_generator(backbone.strides, anchor_scale, scales_per_octave, aspect_ratios, anchor_sizes)
     channels = backbone.out_channels
-    head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=None)
+    head = RetinaNetPredictionHead(
+        channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=None
+    )
     head.classification_head.conv = _tower(channels, num_convs, head_norm)
     head.regression_head.conv = _tower(channels, num_convs, head_norm)
     head.regression_head._loss_type = box_loss

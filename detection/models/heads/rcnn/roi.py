@@ -8,6 +8,13 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 
+from detection.models.precision import Float32Predictions
+
+
+class BoxPredictor(Float32Predictions, FastRCNNPredictor):
+    """torchvision's box predictor whose class scores and box deltas are float32 under autocast
+    (`detection.models.precision`): detections are decoded and suppressed in float32."""
+
 
 def build_roi_heads(
     box_roi_pool: nn.Module,
@@ -28,7 +35,7 @@ def build_roi_heads(
     return RoIHeads(
         box_roi_pool,
         box_head,
-        FastRCNNPredictor(int(representation_size), int(num_classes) + 1),
+        BoxPredictor(int(representation_size), int(num_classes) + 1),
         float(fg_iou_thresh),
         float(bg_iou_thresh),
         int(batch_size_per_image),

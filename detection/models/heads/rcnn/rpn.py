@@ -12,6 +12,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from detection.models.heads.anchors import anchor_generator
 from detection.models.necks import DetectorBackbone
+from detection.models.precision import Float32Predictions
 
 
 class FeatureSelectRPN(RegionProposalNetwork):
@@ -29,6 +30,11 @@ class FeatureSelectRPN(RegionProposalNetwork):
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
         selected = OrderedDict((name, features[name]) for name in self.feature_names)
         return super().forward(images, selected, targets)
+
+
+class RPNPredictionHead(Float32Predictions, RPNHead):
+    """torchvision's RPN head whose objectness and deltas are float32 under autocast
+    (`detection.models.precision`): the proposals are decoded and suppressed in float32."""
 
 
 def build_rpn(
@@ -53,7 +59,9 @@ def build_rpn(
     """RPN over every FPN level; anchors ``anchor_scale x stride x 2**(i / scales_per_octave)``, or
     `anchor_sizes` (one list per level)."""
     anchors = anchor_generator(backbone.strides, anchor_scale, scales_per_octave, aspect_ratios, anchor_sizes)
-    head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=int(head_convs))
+    head = RPNPredictionHead(
+        backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=int(head_convs)
+    )
     return FeatureSelectRPN(
         backbone.names,
         anchor_generator=anchors,
