@@ -21,13 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
-def _np(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
+def to_numpy(value: Any) -> np.ndarray:
+    """`value` as a numpy array; floating tensors as float64, whatever their dtype.
+
+    numpy has no bfloat16, and float16 box areas overflow past 255 px sides: detections that
+    autocast left in low precision are widened before anything is computed from them.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.double() if value.is_floating_point() else value).numpy()
     return np.asarray(value)
 
 
@@ -62,8 +69,12 @@ def pr_curves(
     hits: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     num_gt = np.zeros(num_classes, dtype=np.int64)
     for pred, target in zip(preds, targets, strict=True):
-        p_boxes, p_scores, p_labels = _np(pred["boxes"]), _np(pred["scores"]), _np(pred["labels"])
-        t_boxes, t_labels = _np(target["boxes"]), _np(target["labels"])
+        p_boxes, p_scores, p_labels = (
+            to_numpy(pred["boxes"]),
+            to_numpy(pred["scores"]),
+            to_numpy(pred["labels"]),
+        )
+        t_boxes, t_labels = to_numpy(target["boxes"]), to_numpy(target["labels"])
         for c in np.unique(np.concatenate([p_labels, t_labels]).astype(np.int64)):
             if not 0 <= c < num_classes:
                 continue
@@ -122,9 +133,9 @@ def confusion_matrix(
     background = num_classes
     matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
     for pred, target in zip(preds, targets, strict=True):
-        keep = _np(pred["scores"]) >= score_thresh
-        p_boxes, p_labels = _np(pred["boxes"])[keep], _np(pred["labels"])[keep].astype(np.int64)
-        t_boxes, t_labels = _np(target["boxes"]), _np(target["labels"]).astype(np.int64)
+        keep = to_numpy(pred["scores"]) >= score_thresh
+        p_boxes, p_labels = to_numpy(pred["boxes"])[keep], to_numpy(pred["labels"])[keep].astype(np.int64)
+        t_boxes, t_labels = to_numpy(target["boxes"]), to_numpy(target["labels"]).astype(np.int64)
         iou = box_iou(t_boxes, p_boxes)
         pairs = np.argwhere(iou >= iou_thresh)
         used_t = np.zeros(len(t_boxes), dtype=bool)

@@ -19,7 +19,6 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 
@@ -79,8 +78,8 @@ class DetectionDashboards(L.Callback):
             return
         _, targets = batch
         for pred, target in zip(outputs, targets, strict=True):
-            self._preds.append({k: _cpu(pred[k]) for k in ("boxes", "scores", "labels")})
-            self._targets.append({k: _cpu(target[k]) for k in ("boxes", "labels")})
+            self._preds.append({k: diagnostics.to_numpy(pred[k]) for k in ("boxes", "scores", "labels")})
+            self._targets.append({k: diagnostics.to_numpy(target[k]) for k in ("boxes", "labels")})
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active:
@@ -163,12 +162,6 @@ class DetectionDashboards(L.Callback):
         }
         for logger in loggers:
             logger.experiment.log(payload)
-
-
-def _cpu(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def _gather_to_rank_zero(items: list[Any]) -> list[Any]:
