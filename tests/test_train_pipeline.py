@@ -44,14 +44,18 @@ def _checkpoints(run_dir: Path) -> list[Path]:
 def test_fast_dev_run_detection_experiment(
     experiment: str, fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
+    # in mixed precision, as on a GPU, with every default callback (dashboards and prediction
+    # images turn detections into numpy and pictures); float32 runs are everywhere else
     run_dir, value = train_in_process(
         [
             f"experiment={experiment}",
             *tiny(fashiondet_small_root, tmp_path / "logs"),
             "trainer.fast_dev_run=true",
+            "trainer.precision=bf16-mixed",
             "logger=csv",
         ]
     )
+    assert sorted(p.name for p in (run_dir / "plots").glob("*_dashboard.json"))  # drawn under autocast
     assert run_dir.parent.parent.name == experiment  # task_name of the experiment
     metrics = read_metrics(run_dir)
     assert metrics["global_step"] == 1
