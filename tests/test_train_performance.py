@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from detection.data import DetectionDataModule
 from detection.data.loading import available_cpus, loader_options
 from detection.runtime.performance import configure_performance, runs_on_cuda
+from detection.training import DetectionTask
 
 
 def test_auto_loader_options_keep_cpu_runs_cheap(fashiondet_small_root: Path) -> None:
@@ -76,3 +77,51 @@ def test_matmul_precision_is_set_on_cuda_runs_only() -> None:
             configure_performance({"trainer": gpu["trainer"], "extras": {"float32_matmul_precision": "tf32"}})
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def _tiny_task(**options: object) -> DetectionTask:
+    spec = {
+        "version": 1,
+        "head": "fcos",
+        "num_classes": 10,
+        "backbone": {"name": "efficientnet_lite0", "weights": None, "norm": "bn", "freeze_at": 1},
+        "neck": {"out_channels": 16},
+        "min_size": 64,
+        "max_size": 64,
+        "num_convs": 1,
+    }
+    return DetectionTask(detector=spec, optimizer={"name": "SGD", "lr": 0.01}, **options)
+
+
+def test_channels_last_task_puts_every_convolution_in_nhwc() -> None:
+    torch.manual_seed(0)
+    plain, nhwc = _tiny_task(), _tiny_task(channels_last=True)
+    nhwc.load_state_dict(plain.state_dict())
+    weights = [p for p in nhwc.parameters() if p.dim() == 4]
+    assert len(weights) > 20 and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    head = [p for name, p in nhwc.named_parameters() if p.dim() == 4 and ".fpn." in f".{name}"]
+    assert head, "the FPN's convolutions must be converted too"
+    plain.eval(), nhwc.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain.detector.backbone(x), nhwc.detector.backbone(x)  # backbone + FPN
+        for name in a:
+            assert torch.allclose(a[name], b[name], atol=1e-4), name
+        head_a, head_b = plain.detector.head(list(a.values())), nhwc.detector.head(list(b.values()))
+        for name in head_a:
+            assert torch.allclose(head_a[name], head_b[name], atol=1e-4), name
+
+
+def test_compile_leaves_the_state_dict_keys_alone() -> None:
+    """`compile` compiles in place (lazily: nothing is compiled before a forward): no ``_orig_mod.``
+    in the keys, so a compiled run's checkpoint loads into an uncompiled task. Compiling for real
+    takes minutes on two CPU cores; tests/test_gpu.py trains, saves and reloads a compiled task."""
+    torch.manual_seed(0)
+    compiled, plain = _tiny_task(compile=True), _tiny_task()
+    compiled.configure_model()
+    compiled.configure_model()  # fit, then test: once
+    assert getattr(compiled.detector.backbone, "_compiled_call_impl", None) is not None
+    assert getattr(plain.detector.backbone, "_compiled_call_impl", None) is None
+    state = compiled.state_dict()
+    assert not [k for k in state if "_orig_mod" in k] and set(state) == set(plain.state_dict())
+    plain.load_state_dict(state)  # strict
