@@ -202,8 +202,13 @@ def test_warmed_up_ema_decay_rises_from_zero_to_the_decay() -> None:
     assert ema.factor(0) == 0.0  # the first update copies the live weights
     assert ema.factor(100) == pytest.approx(0.99 * (1 - math.exp(-1)))
     assert ema.factor(10_000) == pytest.approx(0.99)
-    average = ema(torch.zeros(3), torch.ones(3), torch.tensor(100))
-    assert torch.allclose(average, torch.full((3,), 1 - 0.99 * (1 - math.exp(-1))))
+    averaged, counts = [torch.zeros(3), torch.zeros(2, 2)], [torch.zeros(2, dtype=torch.long)]
+    ema(averaged, [torch.ones(3), torch.ones(2, 2)], torch.tensor(100))  # in place, all at once
+    ema(counts, [torch.full((2,), 7)], torch.tensor(100))  # integer buffers take the live value
+    for tensor in averaged:
+        assert torch.allclose(tensor, torch.full_like(tensor, 1 - 0.99 * (1 - math.exp(-1))))
+    assert counts[0].tolist() == [7, 7]
+    assert float(ema.factor(torch.tensor(100))) == pytest.approx(0.99 * (1 - math.exp(-1)))
     with pytest.raises(ValueError, match="decay"):
         WarmedUpEMA(decay=1.0, warmup_steps=0)
 

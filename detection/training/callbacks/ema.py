@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
@@ -27,6 +28,10 @@ from torch import Tensor
 class WarmedUpEMA:
     """The AveragedModel update ``ema <- d * ema + (1 - d) * live``, d = decay * (1 - exp(-n / tau)).
 
+    A ``multi_avg_fn``: one foreach lerp over all tensors of a device and dtype (as
+    `torch.optim.swa_utils.get_ema_multi_avg_fn`, with the decay warmed up), not a call per tensor.
+    The decay is computed on the tensors' device from the update count ``n``, so that an update
+    never waits for the GPU. Integer buffers (BatchNorm's batch counters) take the live value.
     A class, not a closure, so that the callback (and its config) stay picklable.
     """
 
@@ -38,14 +43,25 @@ class WarmedUpEMA:
         self.decay = float(decay)
         self.warmup_steps = float(warmup_steps)
 
-    def factor(self, num_averaged: int) -> float:
+    def factor(self, num_averaged: int | Tensor) -> float | Tensor:
+        """The decay after `num_averaged` updates (for a tensor: a float32 tensor on its device)."""
+        if isinstance(num_averaged, Tensor):
+            warmup = 1.0 - torch.exp(-num_averaged.to(torch.float32) / max(self.warmup_steps, 1e-30))
+            return self.decay * (warmup if self.warmup_steps > 0 else torch.ones_like(warmup))
         if self.warmup_steps == 0:
             return self.decay
         return self.decay * (1.0 - math.exp(-num_averaged / self.warmup_steps))
 
-    def __call__(self, averaged: Tensor, live: Tensor, num_averaged: Tensor | int) -> Tensor:
-        d = self.factor(int(num_averaged))
-        return averaged * d + live * (1.0 - d)
+    @torch.no_grad()
+    def __call__(self, averaged: list[Tensor], live: list[Tensor], num_averaged: Tensor | int) -> None:
+        if not averaged:
+            return
+        if not (averaged[0].is_floating_point() or averaged[0].is_complex()):
+            torch._foreach_copy_(averaged, live)
+            return
+        n = num_averaged if isinstance(num_averaged, Tensor) else torch.tensor(num_averaged)
+        weight = 1.0 - self.factor(n.to(averaged[0].device))
+        torch._foreach_lerp_(averaged, live, weight.to(averaged[0].dtype))
 
 
 class EMA(WeightAveraging):
@@ -67,7 +83,7 @@ class EMA(WeightAveraging):
     ) -> None:
         if update_every_n_steps < 1:
             raise ValueError(f"EMA update_every_n_steps must be >= 1, got {update_every_n_steps}")
-        super().__init__(use_buffers=True, avg_fn=WarmedUpEMA(decay, warmup_steps))
+        super().__init__(use_buffers=True, multi_avg_fn=WarmedUpEMA(decay, warmup_steps))
         self.update_every_n_steps = int(update_every_n_steps)
         self.update_starting_at_step = update_starting_at_step
 
