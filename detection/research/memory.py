@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from detection.research.timing import synchronize
+
 
 class PeakMemory:
     """Peak memory of a block of code above what was in use when it started (``.bytes`` after it).
@@ -31,7 +33,7 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
@@ -43,7 +45,7 @@ class PeakMemory:
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
         else:
             self.bytes = max(status_kb("VmHWM") * 1024 - self._start, 0)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from detection.data import DetectionDataModule
 from detection.research.tables import write_tables
+from detection.research.timing import clock
 from detection.training import DetectionTask, figures
 
 COLUMNS = [
@@ -63,10 +64,10 @@ class StepClock(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if not hasattr(self, "start"):
-            self.start = time.perf_counter()
+            self.start = clock()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.end = time.perf_counter()
+        self.end = clock()
 
 
 class _Stepping:
@@ -110,7 +111,7 @@ def plain_loop(task: DetectionTask, batches: list[Batch], steps: int) -> float:
     optimizers = task.configure_optimizers()
     optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     detector.train()
-    start = time.perf_counter()
+    start = clock()
     for images, targets in batches[:steps]:
         losses = detector(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
         loss = sum(losses.values())
@@ -118,12 +119,12 @@ def plain_loop(task: DetectionTask, batches: list[Batch], steps: int) -> float:
         loss.backward()
         optimizer.step()
         scheduler.step()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def lightning_loop(task: DetectionTask, batches: list[Batch], steps: int) -> tuple[float, float]:
     """Seconds of the same steps inside `Trainer.fit`, and of the whole `fit` call."""
-    clock = StepClock()
+    steps_clock = StepClock()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -131,18 +132,18 @@ def lightning_loop(task: DetectionTask, batches: list[Batch], steps: int) -> tup
         max_epochs=1,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        callbacks=[clock],
+        callbacks=[steps_clock],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     task._trainer = None
-    start = time.perf_counter()
+    start = clock()
     # a list would be read as a collection of loaders: replay the batches through a DataLoader
     loader = DataLoader(batches[:steps], batch_size=None, collate_fn=_same)
     trainer.fit(task, train_dataloaders=loader)
-    return clock.end - clock.start, time.perf_counter() - start
+    return steps_clock.end - steps_clock.start, clock() - start
 
 
 def _same(batch: Any) -> Any:

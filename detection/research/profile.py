@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from detection.models import build_backbone
 from detection.research.memory import PeakMemory
 from detection.research.tables import write_tables
-from detection.research.timing import count_parameters
+from detection.research.timing import clock, count_parameters
 from detection.training import figures
 
 BACKBONES = "resnet18,resnet50,resnext50_32x4d,wide_resnet50_2,efficientnet_lite0,mobilenet_v3_large"
@@ -137,11 +137,9 @@ def step_seconds(
     """Median wall time of a training step; CUDA is synchronised so the clock sees its work."""
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start = clock(batch.device)
         train_step(model, optimizer, batch, precision)
-        if batch.device.type == "cuda":
-            torch.cuda.synchronize(batch.device)
-        times.append(time.perf_counter() - start)
+        times.append(clock(batch.device) - start)
     return statistics.median(times)
 
 
