@@ -1,10 +1,22 @@
-"""Shared data fixtures: the `small` FashionDet preset, generated once per test session."""
+"""Shared data fixtures (the `small` FashionDet preset, generated once per test session); `gpu` tests
+skip without CUDA."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, saying why, where CUDA is missing (`make test PYTEST_ARGS="-m gpu"`)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

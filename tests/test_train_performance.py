@@ -125,3 +125,13 @@ def test_compile_leaves_the_state_dict_keys_alone() -> None:
     state = compiled.state_dict()
     assert not [k for k in state if "_orig_mod" in k] and set(state) == set(plain.state_dict())
     plain.load_state_dict(state)  # strict
+
+
+def test_throughput_tool_runs_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    from detection.research.throughput import main
+
+    argv = ["--device", "cpu", "--precisions", "32-true", "--steps", "1", "--warmup", "0", "--batch", "2"]
+    rows = main([*argv, "--size", "64", "--canvas", "64", "--rcnn-size", "96", "--rcnn-batch", "1"])
+    assert [r["model"].split()[0] for r in rows] == ["fcos", "faster_rcnn", "light_head_rcnn"]
+    assert rows[0]["train img/s"] > 0 and rows[0]["infer img/s"] > 0
+    assert "| fcos efficientnet_lite0 64 px | 32-true |" in capsys.readouterr().out
