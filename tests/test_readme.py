@@ -103,6 +103,7 @@ TOOL_FLAGS = {
     "profile_backbone": "--backbones resnet18 --batch-sizes 1 --size 64 --steps 1 --warmup 0 --threads 1",
     "export": "--heads fcos --data-root {data} --images 2 --threads 1",
     "overhead": "--data-root {data} --preset small --steps 2 --batch-size 2 --repeats 1 --weights none",
+    "precision_check": "--data-root {data} --grid 2 --images 8 --threads 1",
 }
 # What each research tool must write (a Markdown table) or print.
 TOOL_TABLES = {
@@ -111,6 +112,7 @@ TOOL_TABLES = {
     "profile_backbone": "profile_backbone.md",
     "export": "export.md",
     "overhead": "overhead.md",
+    "precision_check": "precision_check.md",
 }
 TOOL_PRINTS = {"benchmark_heads": "ratio LH/F"}
 

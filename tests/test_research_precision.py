@@ -48,5 +48,5 @@ def test_precision_check_scores_a_checkpoint_per_precision(
     )
     assert [r["precision"] for r in rows] == ["fp32", "bf16"]
     assert rows[0]["delta_mAP_75"] == 0.0 and all(r["detections"] > 0 for r in rows)
-    table = (tmp_path / "b" / "precision.md").read_text()
+    table = (tmp_path / "b" / "precision_check.md").read_text()
     assert "mAP_75 - fp32" in table and "bf16" in table

@@ -83,6 +83,10 @@ TOOLS = {
         {"--head", "--backbone", "--weights", "--data-root", "--preset", "--steps", "--batch-size"}
         | {"--repeats", "--threads", "--out"},
     ),
+    "precision_check.py": (
+        "precision",
+        {"--ckpt", "--data-root", "--grid", "--images", "--precisions", "--threads", "--out"},
+    ),
 }
 
 

@@ -187,6 +187,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"detector input x{args.grid}; {args.threads} thread(s)."
     )
     out = args.out or Path("logs") / "precision" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    _, md_path = write_tables(rows, COLUMNS, out / "precision", note)
+    _, md_path = write_tables(rows, COLUMNS, out / "precision_check", note)
     print(md_path.read_text())
     return rows
