@@ -89,11 +89,9 @@ def _replace_batch_norms(module: nn.Module, make: Callable[[nn.Module], nn.Modul
 
 
 def _sync(module: nn.Module) -> nn.Module:
-    if "timm" in sys.modules:
-        from timm.layers import convert_sync_batchnorm
+    from detection.models.sync_batch_norm import convert_sync_batch_norm
 
-        return convert_sync_batchnorm(module)
-    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return convert_sync_batch_norm(module)
 
 
 def convert_norms(module: nn.Module, norm: str) -> nn.Module:
@@ -101,7 +99,8 @@ def convert_norms(module: nn.Module, norm: str) -> nn.Module:
 
     frozen_bn: torchvision `FrozenBatchNorm2d` (timm `FrozenBatchNormAct2d` for fused timm layers)
     with the running statistics and affine parameters copied; they become buffers, never trained.
-    bn: unchanged. syncbn: `SyncBatchNorm`. gn: `GroupNorm` with the largest group count <= 32
+    bn: unchanged. syncbn: `detection.models.sync_batch_norm.SyncBatchNorm` (timm's fused layers keep
+    their activation; it synchronises on the CPU too). gn: `GroupNorm` with the largest group count <= 32
     dividing the channels, affine parameters copied. Networks without BatchNorm (ConvNeXt's
     LayerNorm) are left as they are.
     """

@@ -1,5 +1,6 @@
 """Lightning callbacks of the template (configs in conf/callbacks/)."""
 
+from detection.training.callbacks.batch_norm_stats import BatchNormStatsSync
 from detection.training.callbacks.dashboards import DetectionDashboards
 from detection.training.callbacks.ema import EMA
 from detection.training.callbacks.finetuning import BackboneUnfreeze
@@ -12,6 +13,7 @@ from detection.training.callbacks.timing import TrainTimer
 __all__ = [
     "EMA",
     "BackboneUnfreeze",
+    "BatchNormStatsSync",
     "DetectionDashboards",
     "LoaderStateCallback",
     "PredictionImageLogger",

@@ -1,0 +1,124 @@
+"""Synchronised BatchNorm that keeps timm's fused activations and also runs on the CPU.
+
+`torch.nn.SyncBatchNorm.convert_sync_batchnorm` turns timm's `BatchNormAct2d` (BatchNorm with its
+activation fused, as in EfficientNet-Lite) into a plain `SyncBatchNorm`: the activation is lost.
+`convert_sync_batch_norm` here gives fused layers timm's `SyncBatchNormAct` (activation and drop
+kept) and plain ones `SyncBatchNorm`, sharing the parameters and statistics of the originals.
+
+torch computes the synchronised statistics with GPU kernels only; on the CPU (gloo, e.g.
+`trainer=ddp_cpu`) these layers sum each channel's count, sum and squared deviations over the process
+group with differentiable all-reduces instead, so gradients flow to every rank's inputs as on a GPU.
+Outside training or without a process group of more than one rank they are plain BatchNorm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from timm.layers import BatchNormAct2d
+from timm.layers import SyncBatchNormAct as _TimmSyncBatchNormAct
+from torch import Tensor, nn
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """`torch.nn.SyncBatchNorm` that also synchronises CPU tensors (see the module docstring)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        group = self._cpu_sync_group(input)
+        if group is None:
+            return super().forward(input)
+        self._check_input_dim(input)
+        return _cpu_sync_batch_norm(self, input, group)
+
+    def _cpu_sync_group(self, input: Tensor) -> dist.ProcessGroup | None:
+        if input.device.type != "cpu" or not self.training:
+            return None
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        group = self.process_group or dist.group.WORLD
+        return group if dist.get_world_size(group) > 1 else None
+
+
+class SyncBatchNormAct(_TimmSyncBatchNormAct, SyncBatchNorm):
+    """timm's `SyncBatchNormAct` (BatchNorm, then `drop` and `act`) on top of `SyncBatchNorm`."""
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks; the gradient of each rank's input is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: dist.ProcessGroup) -> Tensor:
+        ctx.group = group
+        total = tensor.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        total = grad.clone()
+        dist.all_reduce(total, group=ctx.group)
+        return total, None
+
+
+def _cpu_sync_batch_norm(bn: nn.SyncBatchNorm, x: Tensor, group: dist.ProcessGroup) -> Tensor:
+    def all_reduce(tensor: Tensor) -> Tensor:
+        return _AllReduceSum.apply(tensor, group)
+
+    channels = x.shape[1]
+    dims = [0, *range(2, x.dim())]
+    shape = (1, channels) + (1,) * (x.dim() - 2)
+    x32 = x.float()  # statistics in float32 whatever the autocast
+    count = x32.new_full((1,), x.numel() // channels)
+    totals = all_reduce(torch.cat([x32.sum(dims), count]))
+    n = totals[-1]
+    mean = totals[:-1] / n
+    centred = x32 - mean.view(shape)
+    var = all_reduce((centred * centred).sum(dims)) / n  # biased, as BatchNorm normalises
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
+            unbiased = var.detach() * (n / (n - 1).clamp(min=1))
+            bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+    y = centred * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y.to(x.dtype)
+
+
+def convert_sync_batch_norm(module: nn.Module, process_group: dist.ProcessGroup | None = None) -> nn.Module:
+    """Every BatchNorm of `module` as a `SyncBatchNorm` (timm's fused BatchNorm + activation as
+    `SyncBatchNormAct`, the activation kept), sharing the original's parameters and buffers; layers
+    already converted here stay as they are. In place where possible; use the result."""
+    if isinstance(module, SyncBatchNorm) or not isinstance(module, nn.modules.batchnorm._BatchNorm):
+        for name, child in list(module.named_children()):
+            new = convert_sync_batch_norm(child, process_group)
+            if new is not child:
+                setattr(module, name, new)
+        return module
+    fused = isinstance(module, (BatchNormAct2d, _TimmSyncBatchNormAct))
+    sync = (SyncBatchNormAct if fused else SyncBatchNorm)(
+        module.num_features,
+        module.eps,
+        module.momentum,
+        module.affine,
+        module.track_running_stats,
+        process_group=process_group,
+    )
+    if fused:
+        sync.act, sync.drop = module.act, module.drop
+    if module.affine:
+        sync.weight, sync.bias = module.weight, module.bias
+    sync.running_mean = module.running_mean
+    sync.running_var = module.running_var
+    sync.num_batches_tracked = module.num_batches_tracked
+    sync.train(module.training)
+    if hasattr(module, "qconfig"):
+        sync.qconfig = module.qconfig
+    return sync
+
+
+__all__ = ["SyncBatchNorm", "SyncBatchNormAct", "convert_sync_batch_norm"]
