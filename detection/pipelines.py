@@ -28,7 +28,7 @@ from detection.runtime.logging import (
 from detection.runtime.performance import configure_performance
 from detection.training.anchors import AnchorCoverageReport, resolve_anchor_sizes
 from detection.training.callbacks import LoaderStateCallback
-from detection.training.predictions import write_predictions
+from detection.training.predictions import gather_predictions, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,12 @@ def predict(cfg: DictConfig) -> Path:
     with job_processes():
         trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False)
         batches = trainer.predict(task, datamodule=datamodule)
-    predictions = [p for batch in batches or [] for p in batch]
-    out = write_predictions(predictions, task.class_names, run_dir, score_thresh=cfg.score_thresh)
-    log.info("Wrote %d predictions to %s", len(predictions), out)
+        # under DDP each rank predicted its share of the images: rank 0 gathers and writes them all
+        predictions = gather_predictions([p for batch in batches or [] for p in batch])
+    out = run_dir / "predictions.json"
+    if predictions is not None:
+        out = write_predictions(predictions, task.class_names, run_dir, score_thresh=cfg.score_thresh)
+        log.info("Wrote %d predictions to %s", len(predictions), out)
     return out
 
 

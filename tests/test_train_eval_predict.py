@@ -110,12 +110,13 @@ def test_checkpoint_of_the_earlier_format_evaluates_the_same(
 
 @pytest.fixture(scope="module")
 def predicted(fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(input folder, predict run directory): three test canvases and a wider image of another size."""
+    """(input folder, predict run directory): four test canvases and a wider image of another size,
+    one image per batch (detections then do not depend on what else a batch holds)."""
     reference = reference_run(fashiondet_small_root, tmp_path_factory)
     tmp_path = tmp_path_factory.mktemp("predict")
     inputs = tmp_path / "images"
     inputs.mkdir()
-    for source in sorted((fashiondet_small_root / "test").iterdir())[:3]:
+    for source in sorted((fashiondet_small_root / "test").iterdir())[:4]:
         shutil.copy(source, inputs / f"{source.stem}.png")
     Image.open(next((fashiondet_small_root / "val").iterdir())).convert("RGB").resize((150, 100)).save(
         inputs / "wide.png"
@@ -127,6 +128,7 @@ def predicted(fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFact
             f"input_dir={inputs}",
             "score_thresh=0.0",
             *_script_overrides(fashiondet_small_root, tmp_path / "logs"),
+            "data.eval_batch_size=1",
         ],
         tmp_path,
         timeout=300,
@@ -152,6 +154,38 @@ def test_predict_writes_boxes_json_and_drawn_images(predicted: tuple[Path, Path]
         drawn = Image.open(run_dir / "predictions" / f"{Path(record['image']).stem}.png").convert("RGB")
         assert drawn.size == source.size
         assert drawn.tobytes() != source.convert("RGB").tobytes()  # boxes were drawn
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_predict_under_ddp_writes_what_one_process_writes(
+    fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory, predicted: tuple[Path, Path]
+) -> None:
+    """Two ranks split the five images (three and two): rank 0 gathers both shares and writes them
+    once, in the folder's order."""
+    inputs, single = predicted
+    reference = reference_run(fashiondet_small_root, tmp_path_factory)
+    tmp_path = tmp_path_factory.mktemp("predict_ddp")
+    run_script(
+        "predict",
+        [
+            f"ckpt_path={reference}",
+            f"input_dir={inputs}",
+            "score_thresh=0.0",
+            *_script_overrides(fashiondet_small_root, tmp_path / "logs"),
+            "data.eval_batch_size=1",
+            "trainer=ddp_cpu",
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    run_dir = single_run_dir(tmp_path / "logs", "predict")
+    expected = json.loads((single / "predictions.json").read_text())
+    assert [Path(r["image"]).name for r in expected] == sorted(p.name for p in inputs.iterdir())
+    assert json.loads((run_dir / "predictions.json").read_text()) == expected
+    assert sorted(p.name for p in (run_dir / "predictions").iterdir()) == sorted(
+        f"{p.stem}.png" for p in inputs.iterdir()
+    )
 
 
 _LOAD_AND_PREDICT = """

@@ -1,4 +1,5 @@
-"""Write predictions: one JSON of boxes and one image per input with the boxes drawn."""
+"""Write predictions: one JSON of boxes and one image per input with the boxes drawn; under DDP the
+ranks' shares are gathered first."""
 
 from __future__ import annotations
 
@@ -8,8 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torchvision.io import decode_image, write_png
 from torchvision.utils import draw_bounding_boxes
+
+
+def gather_predictions(predictions: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Every rank's predictions on global rank 0 (None on the others), one per image path (a sampler
+    may repeat images to even out the ranks), in input order (``image_id``, the position in the
+    folder). Call on every rank; in a single process the predictions, deduplicated and ordered."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        rank = dist.get_rank()
+        shares: list[Any] | None = [None] * dist.get_world_size() if rank == 0 else None
+        dist.gather_object(list(predictions), shares, dst=0)
+        if shares is None:
+            return None
+        predictions = [p for share in shares for p in share]
+    unique: dict[str, dict[str, Any]] = {}
+    for pred in predictions:
+        unique.setdefault(str(pred["path"]), pred)
+    return sorted(unique.values(), key=lambda p: (p.get("image_id", 0), str(p["path"])))
 
 
 def write_predictions(
