@@ -9,6 +9,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from detection.models import build_backbone, build_detector, build_fpn
 from detection.models.backbones import NUM_STAGES
+from detection.models.norms import FrozenBatchNormAct2d
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +126,7 @@ def test_norm_policies() -> None:
 
 
 def test_timm_fused_norms_keep_their_activation() -> None:
-    from timm.layers import FrozenBatchNormAct2d, GroupNormAct
+    from timm.layers import GroupNormAct
 
     x = torch.rand(1, 3, 64, 64)
     bn = build_backbone("efficientnet_lite0", weights="imagenet", norm="bn").eval()
@@ -133,6 +134,10 @@ def test_timm_fused_norms_keep_their_activation() -> None:
     assert any(isinstance(m, FrozenBatchNormAct2d) for m in frozen.modules())
     with torch.no_grad():
         assert torch.allclose(bn(x)["c5"], frozen(x)["c5"], atol=1e-4)
+        # under autocast the frozen layers keep the activations in low precision
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = frozen.extractor.conv_stem(x)
+            assert frozen.extractor.bn1(low).dtype == torch.bfloat16
     gn = build_backbone("efficientnet_lite0", weights=None, norm="gn")
     norms = [m for m in gn.modules() if isinstance(m, GroupNormAct)]
     assert norms and all(not isinstance(m.act, nn.Identity) for m in norms[:1])

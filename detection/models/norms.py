@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 
 import torch
-from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d as TorchvisionFrozenBatchNorm2d
 
 NORMS = ("frozen_bn", "bn", "syncbn", "gn")
 HEAD_NORMS = ("gn", "none")
@@ -45,12 +45,43 @@ def _is_timm_norm_act(module: nn.Module) -> bool:
     return isinstance(module, (BatchNormAct2d, SyncBatchNormAct))
 
 
+def _frozen_affine(frozen: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The scale and shift of a frozen BatchNorm, computed in float32, in `x`'s dtype.
+
+    torchvision's and timm's frozen layers multiply by their float32 statistics, which turns every
+    float16/bfloat16 activation under autocast back into float32: twice the memory, and a cast
+    before the next convolution.
+    """
+    scale = frozen.weight * (frozen.running_var + frozen.eps).rsqrt()
+    shift = frozen.bias - frozen.running_mean * scale
+    return scale.to(x.dtype).reshape(1, -1, 1, 1), shift.to(x.dtype).reshape(1, -1, 1, 1)
+
+
+class FrozenBatchNorm2d(TorchvisionFrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d that returns its input's dtype (`_frozen_affine`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = _frozen_affine(self, x)
+        return x * scale + shift
+
+
+class FrozenBatchNormAct2d(FrozenBatchNorm2d):
+    """A frozen BatchNorm, then the dropout and activation of the timm BatchNormAct2d it replaces
+    (timm's own frozen layer would return float32 under autocast)."""
+
+    def __init__(self, num_features: int, eps: float, act: nn.Module, drop: nn.Module) -> None:
+        super().__init__(num_features, eps=eps)
+        self.act, self.drop = act, drop
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
 def _frozen(bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     if _is_timm_norm_act(bn):
-        from timm.layers import freeze_batch_norm_2d
-
-        return freeze_batch_norm_2d(bn)
-    frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
+        frozen: FrozenBatchNorm2d = FrozenBatchNormAct2d(bn.num_features, bn.eps, bn.act, bn.drop)
+    else:
+        frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
     with torch.no_grad():
         if bn.affine:
             frozen.weight.copy_(bn.weight)
@@ -97,8 +128,9 @@ def _sync(module: nn.Module) -> nn.Module:
 def convert_norms(module: nn.Module, norm: str) -> nn.Module:
     """Apply a norm policy to every BatchNorm of `module` (in place where possible; use the result).
 
-    frozen_bn: torchvision `FrozenBatchNorm2d` (timm `FrozenBatchNormAct2d` for fused timm layers)
-    with the running statistics and affine parameters copied; they become buffers, never trained.
+    frozen_bn: `FrozenBatchNorm2d` (`FrozenBatchNormAct2d` for timm's fused layers, keeping their
+    activation; both return their input's dtype under autocast) with the running statistics and
+    affine parameters copied; they become buffers, never trained.
     bn: unchanged. syncbn: `detection.models.sync_batch_norm.SyncBatchNorm` (timm's fused layers keep
     their activation; it synchronises on the CPU too). gn: `GroupNorm` with the largest group count <= 32
     dividing the channels, affine parameters copied. Networks without BatchNorm (ConvNeXt's
