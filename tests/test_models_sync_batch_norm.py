@@ -13,7 +13,7 @@ from torch import nn
 
 from detection.models.backbones import build_backbone
 from detection.models.norms import convert_norms
-from detection.models.sync_batch_norm import SyncBatchNorm, SyncBatchNormAct
+from detection.models.sync_batch_norm import SYNC_NORMS, SyncBatchNormAct
 from detection.runtime.layer_sync import BatchNormSync
 
 
@@ -62,14 +62,14 @@ def test_sync_conversion_keeps_the_backbone(name: str, fused: int) -> None:
 
     # model.backbone.norm=syncbn
     synced = convert_norms(copy.deepcopy(plain), "syncbn")
-    assert all(isinstance(m, SyncBatchNorm) for m in _batch_norms(synced))
+    assert all(isinstance(m, SYNC_NORMS) for m in _batch_norms(synced))
     assert sum(isinstance(m, SyncBatchNormAct) for m in synced.modules()) == fused
     _assert_same_outputs(_outputs(synced, x), expected)
 
     # trainer.sync_batchnorm=true: the plugin Lightning applies before fit and reverts after it
     plugin = BatchNormSync()
     applied = plugin.apply(copy.deepcopy(plain))
-    assert all(isinstance(m, SyncBatchNorm) for m in _batch_norms(applied))
+    assert all(isinstance(m, SYNC_NORMS) for m in _batch_norms(applied))
     assert sum(isinstance(m, SyncBatchNormAct) for m in applied.modules()) == fused
     _assert_same_outputs(_outputs(applied, x), expected)
     reverted = plugin.revert(applied)

@@ -1,4 +1,5 @@
-"""`trainer=ddp_cpu`: two processes (gloo) that write into one run directory and one W&B run; the
+"""`trainer=ddp_cpu`: two processes (gloo) that write into one run directory and one W&B run, with
+the same BatchNorm statistics on both ranks, synchronised BatchNorm that keeps the network; the
 launch of ranks > 0 pinned to their Hydra job; nothing of a job's process group left for the next."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from batch_norm_probe import norm_layer_types, probe_input
 from helpers import (
     CONF_DIR,
     hydra_job,
@@ -29,11 +32,19 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     log_dir = tmp_path / "logs"
     # with weight EMA, which must run under DDP too
     ema = ["callbacks=[default,ema]", "callbacks.ema.decay=0.5", "callbacks.ema.warmup_steps=0"]
+
+    def probe(name: str) -> list[str]:  # each rank's BatchNorm layers and statistics, into files
+        return [
+            "+callbacks.probe._target_=batch_norm_probe.BatchNormProbe",
+            f"+callbacks.probe.dirpath={tmp_path / name}",
+        ]
+
     result = run_script(
         "train",
         [
             *tiny(fashiondet_small_root, log_dir),
             *ema,
+            *probe("probe"),  # EfficientNet-Lite0 with trained BatchNorm (norm: bn)
             "trainer=ddp_cpu",
             "trainer.max_epochs=1",
             "task_name=ddp",
@@ -57,14 +68,25 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     (offline_run,) = wandb_offline_runs(run_dir)
     wandb_id = json.loads((run_dir / "run.json").read_text())["wandb_id"]
     assert offline_run.name.endswith("-" + wandb_id)
+    # both ranks validate with the same BatchNorm statistics (the EMA's, averaged over the ranks), and
+    # the checkpoint holds them
+    ranks = [torch.load(tmp_path / "probe" / f"rank{r}_val_step2.pt", weights_only=True) for r in (0, 1)]
+    assert len(ranks[0]) > 50 and ranks[0].keys() == ranks[1].keys()
+    assert any(not torch.equal(v, torch.ones_like(v)) for k, v in ranks[0].items() if k.endswith("var"))
+    different = [k for k, v in ranks[0].items() if not torch.equal(v, ranks[1][k])]
+    assert different == [], f"{len(different)} of {len(ranks[0])} statistics differ between ranks"
+    assert all(torch.equal(checkpoint["state_dict"][k], v) for k, v in ranks[0].items())
 
-    # resume under DDP: both ranks find the same last.ckpt, counters go on, the W&B run continues
+    # resume under DDP: both ranks find the same last.ckpt, counters go on, the W&B run continues;
+    # now with synchronised BatchNorm
     run_script(
         "train",
         [
             *tiny(fashiondet_small_root, log_dir),
             *ema,
+            *probe("probe_sync"),
             "trainer=ddp_cpu",
+            "trainer.sync_batchnorm=true",
             "trainer.max_epochs=2",
             "task_name=ddp",
             "ckpt_path=last",
@@ -78,6 +100,31 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     averaged = load_checkpoint(resumed_dir / "checkpoints" / "last.ckpt")["averaging_state"]
     assert int(averaged["n_averaged"]) == 4  # the average went on from the stopped run's two updates
     assert json.loads((resumed_dir / "run.json").read_text())["wandb_id"] == wandb_id
+
+    # synchronised BatchNorm during fit: every layer converted, timm's fused activations kept (the
+    # eval outputs are the unconverted backbone's), the original layers back after fit for the test
+    from detection.training import DetectionTask
+
+    plain = DetectionTask.load_from_checkpoint(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    ).backbone.eval()
+    for rank in (0, 1):
+        started = torch.load(tmp_path / "probe_sync" / f"rank{rank}_train_start.pt", weights_only=True)
+        assert (
+            started["layers"].count("SyncBatchNormAct")
+            == norm_layer_types(plain).count("BatchNormAct2d")
+            > 40
+        )
+        assert set(started["layers"]) <= {"SyncBatchNorm", "SyncBatchNormAct"}
+        plain.load_state_dict(started["state"])
+        with torch.no_grad():
+            expected = list(plain(probe_input()).values())
+        for got, want in zip(started["outputs"], expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        tested = torch.load(tmp_path / "probe_sync" / f"rank{rank}_test_start.pt", weights_only=True)
+        assert tested["layers"] == norm_layer_types(plain)
+    ranks = [torch.load(tmp_path / "probe_sync" / f"rank{r}_val_step4.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.allclose(v, ranks[1][k], rtol=0, atol=1e-6) for k, v in ranks[0].items())
 
 
 def test_ranks_above_zero_are_pinned_to_their_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

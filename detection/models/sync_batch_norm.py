@@ -1,14 +1,14 @@
-"""Synchronised BatchNorm that keeps timm's fused activations and also runs on the CPU.
+"""Synchronised BatchNorm that keeps timm's fused activations and runs on GPUs and the CPU alike.
 
 `torch.nn.SyncBatchNorm.convert_sync_batchnorm` turns timm's `BatchNormAct2d` (BatchNorm with its
-activation fused, as in EfficientNet-Lite) into a plain `SyncBatchNorm`: the activation is lost.
-`convert_sync_batch_norm` here gives fused layers timm's `SyncBatchNormAct` (activation and drop
-kept) and plain ones `SyncBatchNorm`, sharing the parameters and statistics of the originals.
-
-torch computes the synchronised statistics with GPU kernels only; on the CPU (gloo, e.g.
-`trainer=ddp_cpu`) these layers sum each channel's count, sum and squared deviations over the process
-group with differentiable all-reduces instead, so gradients flow to every rank's inputs as on a GPU.
-Outside training or without a process group of more than one rank they are plain BatchNorm.
+activation fused, as in EfficientNet-Lite) into a plain `SyncBatchNorm`: the activation is lost. And
+torch's layer trains on GPUs only (DDP refuses it in a CPU model), so `trainer=ddp_cpu` could not
+run it. `convert_sync_batch_norm` here gives fused layers `SyncBatchNormAct` (a timm `BatchNormAct2d`:
+activation and drop kept) and plain ones `SyncBatchNorm`, sharing the originals' parameters and
+statistics. In training under a process group of more than one rank both normalise with the batch
+statistics of all ranks: each channel's count and sum, then its squared deviations, are summed with
+differentiable all-reduces, so each rank's inputs get the gradient of the whole batch. Otherwise
+(eval, one process) they are plain BatchNorm.
 """
 
 from __future__ import annotations
@@ -22,27 +22,53 @@ from timm.layers import SyncBatchNormAct as _TimmSyncBatchNormAct
 from torch import Tensor, nn
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """`torch.nn.SyncBatchNorm` that also synchronises CPU tensors (see the module docstring)."""
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm (any input of 2 or more dimensions) synchronised over `process_group` (default: all)."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: Tensor) -> Tensor:
-        group = self._cpu_sync_group(input)
+        group = _sync_group(self)
         if group is None:
             return super().forward(input)
         self._check_input_dim(input)
-        return _cpu_sync_batch_norm(self, input, group)
-
-    def _cpu_sync_group(self, input: Tensor) -> dist.ProcessGroup | None:
-        if input.device.type != "cpu" or not self.training:
-            return None
-        if not (dist.is_available() and dist.is_initialized()):
-            return None
-        group = self.process_group or dist.group.WORLD
-        return group if dist.get_world_size(group) > 1 else None
+        return _sync_batch_norm(self, input, group)
 
 
-class SyncBatchNormAct(_TimmSyncBatchNormAct, SyncBatchNorm):
-    """timm's `SyncBatchNormAct` (BatchNorm, then `drop` and `act`) on top of `SyncBatchNorm`."""
+class SyncBatchNormAct(BatchNormAct2d):
+    """timm's `BatchNormAct2d` (BatchNorm, then `drop` and `act`) with the BatchNorm synchronised."""
+
+    process_group: dist.ProcessGroup | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        group = _sync_group(self)
+        if group is None:
+            return super().forward(x)
+        return self.act(self.drop(_sync_batch_norm(self, x, group)))
+
+
+SYNC_NORMS = (SyncBatchNorm, SyncBatchNormAct)
+
+
+def _sync_group(bn: nn.Module) -> dist.ProcessGroup | None:
+    if not bn.training or not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = bn.process_group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -62,7 +88,7 @@ class _AllReduceSum(torch.autograd.Function):
         return total, None
 
 
-def _cpu_sync_batch_norm(bn: nn.SyncBatchNorm, x: Tensor, group: dist.ProcessGroup) -> Tensor:
+def _sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, group: dist.ProcessGroup) -> Tensor:
     def all_reduce(tensor: Tensor) -> Tensor:
         return _AllReduceSum.apply(tensor, group)
 
@@ -93,23 +119,19 @@ def convert_sync_batch_norm(module: nn.Module, process_group: dist.ProcessGroup 
     """Every BatchNorm of `module` as a `SyncBatchNorm` (timm's fused BatchNorm + activation as
     `SyncBatchNormAct`, the activation kept), sharing the original's parameters and buffers; layers
     already converted here stay as they are. In place where possible; use the result."""
-    if isinstance(module, SyncBatchNorm) or not isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if isinstance(module, SYNC_NORMS) or not isinstance(module, nn.modules.batchnorm._BatchNorm):
         for name, child in list(module.named_children()):
             new = convert_sync_batch_norm(child, process_group)
             if new is not child:
                 setattr(module, name, new)
         return module
-    fused = isinstance(module, (BatchNormAct2d, _TimmSyncBatchNormAct))
-    sync = (SyncBatchNormAct if fused else SyncBatchNorm)(
-        module.num_features,
-        module.eps,
-        module.momentum,
-        module.affine,
-        module.track_running_stats,
-        process_group=process_group,
-    )
-    if fused:
+    args = (module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    if isinstance(module, (BatchNormAct2d, _TimmSyncBatchNormAct)):
+        sync: nn.modules.batchnorm._BatchNorm = SyncBatchNormAct(*args, apply_act=False)
         sync.act, sync.drop = module.act, module.drop
+    else:
+        sync = SyncBatchNorm(*args)
+    sync.process_group = process_group
     if module.affine:
         sync.weight, sync.bias = module.weight, module.bias
     sync.running_mean = module.running_mean
@@ -121,4 +143,4 @@ def convert_sync_batch_norm(module: nn.Module, process_group: dist.ProcessGroup 
     return sync
 
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormAct", "convert_sync_batch_norm"]
+__all__ = ["SYNC_NORMS", "SyncBatchNorm", "SyncBatchNormAct", "convert_sync_batch_norm"]

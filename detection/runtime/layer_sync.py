@@ -12,7 +12,7 @@ from __future__ import annotations
 from lightning.pytorch.plugins import TorchSyncBatchNorm
 from torch import nn
 
-from detection.models.sync_batch_norm import SyncBatchNorm, convert_sync_batch_norm
+from detection.models.sync_batch_norm import SYNC_NORMS, convert_sync_batch_norm
 
 
 class BatchNormSync(TorchSyncBatchNorm):
@@ -35,7 +35,7 @@ class BatchNormSync(TorchSyncBatchNorm):
             name: module
             for name, module in model.named_modules()
             if name and isinstance(module, nn.modules.batchnorm._BatchNorm)
-            if not isinstance(module, SyncBatchNorm)
+            if not isinstance(module, SYNC_NORMS)
         }
         return convert_sync_batch_norm(model)
 
@@ -45,14 +45,14 @@ class BatchNormSync(TorchSyncBatchNorm):
             parent_name, _, child_name = name.rpartition(".")
             parent = model.get_submodule(parent_name)
             sync = getattr(parent, child_name, None)
-            if not isinstance(sync, SyncBatchNorm):
+            if not isinstance(sync, SYNC_NORMS):
                 continue  # replaced by someone else since: leave it
             _restore(original, sync)
             setattr(parent, child_name, original)
         return model
 
 
-def _restore(original: nn.Module, sync: SyncBatchNorm) -> None:
+def _restore(original: nn.Module, sync: nn.modules.batchnorm._BatchNorm) -> None:
     """The original layer with the synchronised one's current parameters and buffers (the same
     tensors, so an optimiser holding them still does)."""
     if sync.affine:
