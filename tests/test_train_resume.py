@@ -3,18 +3,22 @@ counters, weights and optimiser state of an uninterrupted run, and keeps its W&B
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from helpers import (
+    QUIET,
     csv_rows,
+    isolated_environ,
     load_checkpoint,
     read_metrics,
     reference_overrides,
     reference_run,
     run_script,
+    train_in_process,
     wandb_offline_runs,
     wandb_run_file,
     wandb_run_info,
@@ -82,3 +86,31 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
     assert wandb_run_info(wandb_run_file(resumed_wandb))["id"] == stopped_id
     assert resumed_wandb.name.endswith(f"-{stopped_id}")
     assert (resumed / "run.json").read_text() == (stopped / "run.json").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_checkpoint_from_a_gpu_machine_resumes_on_the_cpu(
+    fashiondet_small_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A checkpoint whose RNG state lists two CUDA devices (as `torch.cuda.get_rng_state_all` saves
+    them: 16 bytes each, seed and offset) resumes where there are fewer, here none; what cannot be
+    restored is said."""
+    reference = reference_run(fashiondet_small_root, tmp_path_factory)
+    tmp_path = tmp_path_factory.mktemp("resume_gpu_checkpoint")
+    checkpoint = load_checkpoint(reference / "checkpoints" / "last.ckpt")
+    rng = checkpoint["callbacks"]["RngStateCallback"]
+    assert "cuda" not in rng  # made on the CPU
+    rng["cuda"] = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    gpu_checkpoint = tmp_path / "gpu.ckpt"
+    torch.save(checkpoint, gpu_checkpoint)
+
+    log_dir = tmp_path / "logs"
+    overrides = [*reference_overrides(fashiondet_small_root, log_dir), *QUIET, "test=false"]
+    with isolated_environ(tmp_path), caplog.at_level(logging.INFO):
+        run_dir, _ = train_in_process([*overrides, f"ckpt_path={gpu_checkpoint}", "trainer.max_epochs=3"])
+    assert read_metrics(run_dir)["global_step"] == 6  # epoch 2 trained on from step 4
+    assert "random generator states of 2 CUDA devices, this machine has 0: restored 0" in caplog.text
+    assert "devices [0, 1] are not restored" in caplog.text

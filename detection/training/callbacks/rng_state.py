@@ -3,12 +3,15 @@ shuffles and augmentations as an uninterrupted one."""
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class RngStateCallback(L.Callback):
@@ -26,8 +29,30 @@ class RngStateCallback(L.Callback):
         random.setstate(_as_python_state(state_dict["python"]))
         np.random.set_state(_numpy_state_from(state_dict["numpy"]))
         torch.set_rng_state(state_dict["torch"])
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        _restore_cuda(state_dict.get("cuda") or [])
+
+
+def _restore_cuda(saved: list[torch.Tensor]) -> None:
+    """One saved state per GPU present, in order, up to the number saved: a run resumed on a
+    machine with fewer GPUs, or none, goes on and says which generators start afresh."""
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    restored = min(present, len(saved))
+    for device, state in enumerate(saved[:restored]):
+        torch.cuda.set_rng_state(state, device)
+    if len(saved) > present:
+        log.warning(
+            "The checkpoint holds the random generator states of %d CUDA devices, this machine has %d: "
+            "restored %d; the states of devices %s are not restored",
+            len(saved),
+            present,
+            restored,
+            list(range(restored, len(saved))),
+        )
+    elif present > len(saved) and saved:
+        log.info(
+            "CUDA random generators of devices %s keep their seeds: not in the checkpoint",
+            list(range(len(saved), present)),
+        )
 
 
 def _numpy_state() -> dict[str, Any]:
