@@ -8,7 +8,9 @@ activation and drop kept) and plain ones `SyncBatchNorm`, sharing the originals'
 statistics. In training under a process group of more than one rank both normalise with the batch
 statistics of all ranks: each channel's count and sum, then its squared deviations, are summed with
 differentiable all-reduces, so each rank's inputs get the gradient of the whole batch. Otherwise
-(eval, one process) they are plain BatchNorm.
+(eval, one process) they are plain BatchNorm. On GPUs the statistics go through torch's own
+synchronised kernels (`torch.nn.SyncBatchNorm`'s); the CPU, which torch's layer refuses, gets the
+all-reduces written here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.distributed as dist
 from timm.layers import BatchNormAct2d
 from timm.layers import SyncBatchNormAct as _TimmSyncBatchNormAct
 from torch import Tensor, nn
+from torch.nn.modules._functions import SyncBatchNorm as _TorchSyncBatchNormFunction
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -89,6 +92,9 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def _sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, group: dist.ProcessGroup) -> Tensor:
+    if x.device.type != "cpu":
+        return _torch_sync_batch_norm(bn, x, group)
+
     def all_reduce(tensor: Tensor) -> Tensor:
         return _AllReduceSum.apply(tensor, group)
 
@@ -113,6 +119,24 @@ def _sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, group: dist
     if bn.affine:
         y = y * bn.weight.view(shape) + bn.bias.view(shape)
     return y.to(x.dtype)
+
+
+def _torch_sync_batch_norm(
+    bn: nn.modules.batchnorm._BatchNorm, x: Tensor, group: dist.ProcessGroup
+) -> Tensor:
+    """torch's own synchronised kernels (those of `torch.nn.SyncBatchNorm`), on the accelerators
+    they exist for; the all-reduces above are for the CPU, where torch has none."""
+    factor = bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if factor is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    running_mean = bn.running_mean if bn.track_running_stats else None
+    running_var = bn.running_var if bn.track_running_stats else None
+    world_size = dist.get_world_size(group)
+    return _TorchSyncBatchNormFunction.apply(
+        x, bn.weight, bn.bias, running_mean, running_var, bn.eps, factor or 0.0, group, world_size
+    )
 
 
 def convert_sync_batch_norm(module: nn.Module, process_group: dist.ProcessGroup | None = None) -> nn.Module:
