@@ -139,6 +139,17 @@ def _torch_sync_batch_norm(
     )
 
 
+def share_norm_state(source: nn.Module, target: nn.Module) -> None:
+    """`target` takes `source`'s affine parameters, running statistics (the same tensors, so an
+    optimiser holding them still does) and train/eval mode."""
+    if source.affine:
+        target.weight, target.bias = source.weight, source.bias
+    target.running_mean = source.running_mean
+    target.running_var = source.running_var
+    target.num_batches_tracked = source.num_batches_tracked
+    target.train(source.training)
+
+
 def convert_sync_batch_norm(module: nn.Module, process_group: dist.ProcessGroup | None = None) -> nn.Module:
     """Every BatchNorm of `module` as a `SyncBatchNorm` (timm's fused BatchNorm + activation as
     `SyncBatchNormAct`, the activation kept), sharing the original's parameters and buffers; layers
@@ -156,15 +167,10 @@ def convert_sync_batch_norm(module: nn.Module, process_group: dist.ProcessGroup 
     else:
         sync = SyncBatchNorm(*args)
     sync.process_group = process_group
-    if module.affine:
-        sync.weight, sync.bias = module.weight, module.bias
-    sync.running_mean = module.running_mean
-    sync.running_var = module.running_var
-    sync.num_batches_tracked = module.num_batches_tracked
-    sync.train(module.training)
+    share_norm_state(module, sync)
     if hasattr(module, "qconfig"):
         sync.qconfig = module.qconfig
     return sync
 
 
-__all__ = ["SYNC_NORMS", "SyncBatchNorm", "SyncBatchNormAct", "convert_sync_batch_norm"]
+__all__ = ["SYNC_NORMS", "SyncBatchNorm", "SyncBatchNormAct", "convert_sync_batch_norm", "share_norm_state"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from lightning.pytorch.plugins import TorchSyncBatchNorm
 from torch import nn
 
-from detection.models.sync_batch_norm import SYNC_NORMS, convert_sync_batch_norm
+from detection.models.sync_batch_norm import SYNC_NORMS, convert_sync_batch_norm, share_norm_state
 
 
 class BatchNormSync(TorchSyncBatchNorm):
@@ -47,20 +47,9 @@ class BatchNormSync(TorchSyncBatchNorm):
             sync = getattr(parent, child_name, None)
             if not isinstance(sync, SYNC_NORMS):
                 continue  # replaced by someone else since: leave it
-            _restore(original, sync)
+            share_norm_state(sync, original)  # the trained parameters and statistics
             setattr(parent, child_name, original)
         return model
-
-
-def _restore(original: nn.Module, sync: nn.modules.batchnorm._BatchNorm) -> None:
-    """The original layer with the synchronised one's current parameters and buffers (the same
-    tensors, so an optimiser holding them still does)."""
-    if sync.affine:
-        original.weight, original.bias = sync.weight, sync.bias
-    original.running_mean = sync.running_mean
-    original.running_var = sync.running_var
-    original.num_batches_tracked = sync.num_batches_tracked
-    original.train(sync.training)
 
 
 __all__ = ["BatchNormSync"]
