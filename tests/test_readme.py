@@ -99,7 +99,8 @@ PRETRAIN_SMALL = [
 TOOL_FLAGS = {
     "benchmark": "--heads fcos --backbones resnet18 --images 2 --runs 1 --warmup 0",
     "benchmark_heads": "--size 64 --fpn-channels 32 --num-classes 10 --proposals 50 --runs 1 --warmup 0",
-    "transfer_study": "--seeds 0",
+    # two of the variants, one per kind of pretraining: tests/test_research_scripts.py runs them all
+    "transfer_study": "--seeds 0 --variants fashion_mnist,imagenet_fashion_crops",
     "profile_backbone": "--backbones resnet18 --batch-sizes 1 --size 64 --steps 1 --warmup 0 --threads 1",
     "export": "--heads fcos --data-root {data} --images 2 --threads 1",
     "overhead": "--data-root {data} --preset small --steps 2 --batch-size 2 --repeats 1 --weights none",

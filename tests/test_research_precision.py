@@ -44,7 +44,7 @@ def test_precision_check_scores_a_checkpoint_per_precision(
     )
     assert alone["mAP_75"] == pytest.approx(read_metrics(run_dir)["test/mAP_75"], abs=2e-3)
     rows = precision.main(
-        [*common, "--grid", "2", "--images", "24", "--precisions", "fp32,bf16", "--out", str(tmp_path / "b")]
+        [*common, "--grid", "2", "--images", "8", "--precisions", "fp32,bf16", "--out", str(tmp_path / "b")]
     )
     assert [r["precision"] for r in rows] == ["fp32", "bf16"]
     assert rows[0]["delta_mAP_75"] == 0.0 and all(r["detections"] > 0 for r in rows)
