@@ -131,7 +131,9 @@ def loader_options(
     else:
         workers = int(num_workers)
     pin = cuda if pin_memory is None or pin_memory == AUTO else bool(pin_memory)
-    persistent = cuda if persistent_workers is None or persistent_workers == AUTO else bool(persistent_workers)
+    persistent = (
+        cuda if persistent_workers is None or persistent_workers == AUTO else bool(persistent_workers)
+    )
     return {
         "num_workers": workers,
         "pin_memory": pin and torch.cuda.is_available(),
