@@ -90,3 +90,14 @@ def _to_cpu(item: Any) -> Any:
 
 def _to_device(item: Any, device: torch.device) -> Any:
     return item.to(device) if isinstance(item, torch.Tensor) else item
+
+
+def gather_to_rank_zero(items: Sequence[Any]) -> list[Any] | None:
+    """Every rank's `items` (picklable objects) concatenated on global rank 0, rank by rank; None on
+    the other ranks. Call on every rank; in a single process, `items` as a list."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(items)
+    rank = dist.get_rank()
+    shares: list[Any] | None = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(list(items), shares, dst=0)
+    return None if shares is None else [item for share in shares for item in share]

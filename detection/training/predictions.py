@@ -9,24 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torchvision.io import decode_image, write_png
 from torchvision.utils import draw_bounding_boxes
+
+from detection.training.metrics import gather_to_rank_zero
 
 
 def gather_predictions(predictions: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Every rank's predictions on global rank 0 (None on the others), one per image path (a sampler
     may repeat images to even out the ranks), in input order (``image_id``, the position in the
     folder). Call on every rank; in a single process the predictions, deduplicated and ordered."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        rank = dist.get_rank()
-        shares: list[Any] | None = [None] * dist.get_world_size() if rank == 0 else None
-        dist.gather_object(list(predictions), shares, dst=0)
-        if shares is None:
-            return None
-        predictions = [p for share in shares for p in share]
+    gathered = gather_to_rank_zero(predictions)
+    if gathered is None:
+        return None
     unique: dict[str, dict[str, Any]] = {}
-    for pred in predictions:
+    for pred in gathered:
         unique.setdefault(str(pred["path"]), pred)
     return sorted(unique.values(), key=lambda p: (p.get("image_id", 0), str(p["path"])))
 

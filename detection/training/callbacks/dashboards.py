@@ -19,11 +19,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 
 from detection.training import diagnostics, figures
-from detection.training.metrics import class_metric_key
+from detection.training.metrics import class_metric_key, gather_to_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class DetectionDashboards(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active:
             return
-        preds, targets = _gather_to_rank_zero(self._preds), _gather_to_rank_zero(self._targets)
+        preds, targets = gather_to_rank_zero(self._preds), gather_to_rank_zero(self._targets)
         self._preds, self._targets = [], []
         if not trainer.is_global_zero or not targets:
             return
@@ -162,11 +161,3 @@ class DetectionDashboards(L.Callback):
         }
         for logger in loggers:
             logger.experiment.log(payload)
-
-
-def _gather_to_rank_zero(items: list[Any]) -> list[Any]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return items
-    gathered: list[list[Any] | None] = [None] * dist.get_world_size() if dist.get_rank() == 0 else []
-    dist.gather_object(items, gathered if dist.get_rank() == 0 else None, dst=0)
-    return [item for part in gathered or [] for item in (part or [])]
