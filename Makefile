@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,optuna,slurm,export
 ARGS   ?=
 PYTEST_ARGS ?=
+# Two pytest processes keep both cores of a small machine busy (most tests run one single-threaded
+# process at a time); each needs up to ~7 GB of memory. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install data-deps train test lint format clean-logs
 
@@ -26,7 +29,7 @@ train: install data-deps
 	$(BIN)/python scripts/train.py $(ARGS)
 
 test: install data-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
