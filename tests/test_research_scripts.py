@@ -240,19 +240,15 @@ def test_transfer_study_pretrains_then_compares_every_backbone_start(
         f"--out={more}",
         "--seeds=1",
         "--variants=imagenet_ema",
-        *(
-            f"--{flag}={pretrained[key]}"
-            for flag, key in [
-                ("pretrained", "fashion_mnist_ckpt"),
-                ("pretrained-crops", "fashion_crops_ckpt"),
-                ("pretrained-imagenet-crops", "imagenet_fashion_crops_ckpt"),
-            ]
-        ),
         f"--with-sweep-dir={sweep}",
         "--",
         *_tiny(fashiondet_small_root, log_dir),
         "trainer.max_epochs=1",
     )
+    # an ImageNet variant starts from no pretraining run: none is run, none is named
+    assert not any((more / name).exists() for _, name, _ in transfer.PRETRAININGS)
+    more_overrides = yaml.safe_load((more / "multirun" / "0" / ".hydra" / "overrides.yaml").read_text())
+    assert {f"transfer.{key}=null" for key, _, _ in transfer.PRETRAININGS} <= set(more_overrides)
     joined = _csv(more / "multirun" / "transfer_study_runs.csv")
     assert len(joined) == len(runs) + 1
     ema_runs = [r for r in joined if r["variant"] == "imagenet_ema"]
@@ -333,7 +329,7 @@ def test_profile_backbone_measures_bfloat16_autocast(tmp_path: Path) -> None:
         "--backbones=timm:resnet10t",
         "--layouts=nhwc",
         "--precisions=fp32,bf16",
-        "--batch-sizes=256",
+        "--batch-sizes=128",
     )
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
     assert float(fp32["params_M"]) == float(bf16["params_M"])

@@ -6,7 +6,8 @@ pretrained by this template's ClassificationTask on Fashion-MNIST, (c) on Fashio
 scratch, (d) on FashionCrops from ImageNet, (e) from scratch; and, from ImageNet, with the stages
 below 2 or 4 frozen and with weight EMA. Each over the same seeds. Steps:
 
-1. the three pretrainings (each skipped when its checkpoint is given);
+1. the pretrainings that the chosen variants start from (each skipped when its checkpoint is
+   given);
 2. the multirun `scripts/train.py -m experiment=transfer_study` over variant x seed;
 3. writes transfer_study.csv / .md (mean +- std per variant), transfer_study_runs.csv (every job)
    and transfer_study.png into the multirun directory, and prints the table.
@@ -113,6 +114,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def needed_pretrainings(variants: list[str]) -> set[str]:
+    """The `transfer.<key>` checkpoints that the variants start from (a variant named after a
+    pretraining's key starts from its checkpoint)."""
+    return {key for key, _, _ in PRETRAININGS if key.removesuffix("_ckpt") in variants}
+
+
 def pretrain(out: Path, name: str, overrides: list[str]) -> Path:
     """One pretraining run into `out`/<name>; its last checkpoint."""
     run_dir = out / name
@@ -131,8 +138,12 @@ def launch(args: argparse.Namespace, overrides: list[str]) -> Path:
         "fashion_crops_ckpt": args.pretrained_crops,
         "imagenet_fashion_crops_ckpt": args.pretrained_imagenet_crops,
     }
+    needed = needed_pretrainings(args.variants.split(","))
     checkpoints = []
     for key, name, run_overrides in PRETRAININGS:
+        if key not in needed:  # no chosen variant starts from it: not run, and null in the config
+            checkpoints.append(f"transfer.{key}=null")
+            continue
         extra = shlex.split(args.pretrain_overrides)
         if "crops" in key:
             extra += shlex.split(args.crops_overrides)
