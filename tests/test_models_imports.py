@@ -18,15 +18,3 @@ def test_models_import_neither_lightning_nor_hydra() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-
-
-def test_benchmark_script_runs() -> None:
-    args = ["--size", "64", "--runs", "1", "--warmup", "0", "--fpn-channels", "32", "--proposals", "50"]
-    result = subprocess.run(
-        [sys.executable, "scripts/benchmark_heads.py", *args, "--num-classes", "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "ratio LH/F" in result.stdout and "head (RPN + RoI)" in result.stdout

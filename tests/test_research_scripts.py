@@ -106,6 +106,7 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_benchmark_tabulates_heads_and_compares_light_head(
     fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
@@ -167,6 +168,7 @@ def test_benchmark_tabulates_heads_and_compares_light_head(
         assert len(numbers["confusion_matrix"]) == 11 and len(numbers["ap"]) == 10
 
 
+@pytest.mark.slow
 def test_transfer_study_pretrains_then_compares_every_backbone_start(
     fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
@@ -262,6 +264,7 @@ def test_transfer_study_pretrains_then_compares_every_backbone_start(
         transfer.read_jobs(more / "multirun", [sweep, more / "multirun"])
 
 
+@pytest.mark.slow
 def test_profile_backbone_writes_table_and_plot(tmp_path: Path) -> None:
     out = _run(
         "profile_backbone.py",
@@ -312,6 +315,7 @@ def _profile_two_rows(tmp_path: Path, *flags: str) -> list[dict[str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_profile_backbone_measures_both_memory_layouts(tmp_path: Path) -> None:
     nchw, nhwc = _profile_two_rows(
         tmp_path, "--backbones=efficientnet_lite0", "--layouts=nchw,nhwc", "--batch-sizes=2"
@@ -323,6 +327,7 @@ def test_profile_backbone_measures_both_memory_layouts(tmp_path: Path) -> None:
     assert float(nhwc["images_per_s"]) > 0
 
 
+@pytest.mark.slow
 def test_profile_backbone_measures_bfloat16_autocast(tmp_path: Path) -> None:
     fp32, bf16 = _profile_two_rows(
         tmp_path,
@@ -339,6 +344,7 @@ def test_profile_backbone_measures_bfloat16_autocast(tmp_path: Path) -> None:
     assert float(bf16["images_per_s"]) > 0
 
 
+@pytest.mark.slow
 def test_export_fcos_matches_onnxruntime_on_fashiondet_images(
     fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
@@ -388,6 +394,7 @@ def test_export_parity_fails_on_a_moved_box_a_changed_score_or_a_lost_detection(
     assert verdict([moved, same], 1e-3) == "FAIL (atol 0.001)" and verdict([same], 1e-3).startswith("pass")
 
 
+@pytest.mark.slow
 def test_overhead_prints_the_ratio_and_both_loops_agree(fashiondet_small_root: Path, tmp_path: Path) -> None:
     out = _run(
         "overhead.py",
@@ -418,6 +425,7 @@ def test_overhead_prints_the_ratio_and_both_loops_agree(fashiondet_small_root: P
     assert min(_png_size(tmp_path / "overhead.png")) > 0
 
 
+@pytest.mark.slow
 def test_benchmark_heads_prints_both_heads_per_image(tmp_path: Path) -> None:
     out = _run(
         "benchmark_heads.py",

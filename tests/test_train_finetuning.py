@@ -103,50 +103,29 @@ def _stopped_and_resumed(overrides: list[str], tmp_path: Path, stop_epoch: int) 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_unfreeze_run_stopped_mid_schedule_and_resumed_equals_uninterrupted_run(
+def test_unfreeze_and_ema_run_stopped_mid_schedule_and_resumed_equals_uninterrupted_run(
     fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
-    overrides = _unfreeze_run(fashiondet_small_root, tmp_path / "logs", epochs=3)
+    """Both fine-tuning callbacks with state of their own in one run (one run pays for both): the
+    unfreeze's added groups and warm-up, and the EMA's live and averaged weights."""
+    overrides = [
+        *_unfreeze_run(fashiondet_small_root, tmp_path / "logs", epochs=3),
+        "callbacks=[model_checkpoint,rng_state,backbone_unfreeze,ema]",
+        "callbacks.ema.decay=0.5",
+        "callbacks.ema.warmup_steps=0",
+    ]
     whole, resumed = _stopped_and_resumed(overrides, tmp_path, stop_epoch=1)
     expected = load_checkpoint(whole / "checkpoints" / "last.ckpt")
     got = load_checkpoint(resumed / "checkpoints" / "last.ckpt")
     assert got["global_step"] == expected["global_step"] == 6
+    assert int(expected["averaging_state"]["n_averaged"]) == 6
     # four groups: the head's two and the two the unfreeze added
     assert len(expected["optimizer_states"][0]["param_groups"]) == 4
-    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
-        _assert_same(expected[key], got[key], key)
-    _assert_same(expected["callbacks"]["BackboneUnfreeze"], got["callbacks"]["BackboneUnfreeze"], "unfreeze")
-
-
-def _ema_run(data_root: Path, log_dir: Path) -> list[str]:
-    return [
-        *tiny(data_root, log_dir),
-        *QUIET,
-        "task_name=ema",
-        "seed=5",
-        "model.backbone.freeze_at=0",  # every conv trains, so every one has an average of its own
-        "trainer.max_epochs=2",
-        "test=false",
-        "callbacks=[model_checkpoint,rng_state,ema]",
-        "callbacks.ema.decay=0.5",
-        "callbacks.ema.warmup_steps=0",
-    ]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_ema_run_stopped_and_resumed_ends_with_the_same_live_and_averaged_weights(
-    fashiondet_small_root: Path, tmp_path: Path
-) -> None:
-    overrides = _ema_run(fashiondet_small_root, tmp_path / "logs")
-    whole, resumed = _stopped_and_resumed(overrides, tmp_path, stop_epoch=0)
-    expected = load_checkpoint(whole / "checkpoints" / "last.ckpt")
-    got = load_checkpoint(resumed / "checkpoints" / "last.ckpt")
-    assert got["global_step"] == expected["global_step"] == 4
-    assert int(expected["averaging_state"]["n_averaged"]) == 4
     for key in ("state_dict", "current_model_state", "averaging_state", "optimizer_states", "lr_schedulers"):
         _assert_same(expected[key], got[key], key)
-    # the average is not the live weights: decay 0.5 over four steps of AdamW moves every trained weight
+    _assert_same(expected["callbacks"]["BackboneUnfreeze"], got["callbacks"]["BackboneUnfreeze"], "unfreeze")
+    # the average is not the live weights: decay 0.5 over the four steps since the unfreeze moves
+    # every backbone weight
     live, average = expected["current_model_state"], expected["state_dict"]
     trained = [
         k
