@@ -27,7 +27,8 @@ from detection.runtime.logging import (
 )
 from detection.runtime.performance import configure_performance
 from detection.training.anchors import AnchorCoverageReport, resolve_anchor_sizes
-from detection.training.callbacks import LoaderStateCallback
+from detection.training.callbacks import KeepTestDetections, LoaderStateCallback
+from detection.training.detection_task import DetectionTask
 from detection.training.predictions import gather_predictions, write_predictions
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def train(cfg: DictConfig) -> float | None:
     # the resumable training loader needs its state handed over on resume: always together
     callbacks = [*instantiate_group(cfg.get("callbacks"), "callback"), LoaderStateCallback()]
     callbacks.append(AnchorCoverageReport())  # every detection run says what its anchors can match
+    callbacks.extend(_test_outputs(task, run_dir))
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress bar callback with the bar switched off; the switch wins.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -100,7 +102,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     loggers = build_loggers(cfg.get("logger"), run_dir, resumed_from=None)
     with job_processes():
-        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
+        trainer: L.Trainer = hydra.utils.instantiate(
+            cfg.trainer, callbacks=_test_outputs(task, run_dir), logger=loggers or False
+        )
         try:
             trainer.test(task, datamodule=datamodule)
             metrics = select_metrics(trainer.callback_metrics, ["test/"])
@@ -135,6 +139,12 @@ def predict(cfg: DictConfig) -> Path:
         out = write_predictions(predictions, task.class_names, run_dir, score_thresh=cfg.score_thresh)
         log.info("Wrote %d predictions to %s", len(predictions), out)
     return out
+
+
+def _test_outputs(task: L.LightningModule, run_dir: Path) -> list[L.Callback]:
+    """What every test of a detector leaves in the run directory beside metrics.json: its detections
+    and the targets they were scored against (COCO files), so that the run can be re-scored later."""
+    return [KeepTestDetections(run_dir)] if isinstance(task, DetectionTask) else []
 
 
 def _check_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:

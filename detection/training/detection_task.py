@@ -14,6 +14,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from detection.models import architecture_spec, build_from_spec
 from detection.models.backbones import Backbone
 from detection.models.heads.classes import replace_classifier
+from detection.models.norms import is_norm
 from detection.training.metrics import gather_map_states, map_metrics
 from detection.training.optim import build_optimizer_and_scheduler, optimizer_spec, parameter_groups
 
@@ -48,6 +49,10 @@ class DetectionTask(L.LightningModule):
     parts are recorded there, and read (one verdict from all ranks) when the losses are logged
     (every ``trainer.log_every_n_steps`` steps), at each epoch end and before every checkpoint is
     written, so that no checkpoint holds weights trained on a non-finite loss.
+
+    `val_loss`: validation also logs ``val/loss`` and ``val/loss_<part>``, the training losses on the
+    validation images (`training_losses`: one more forward per batch, in training mode, changing no
+    weight, statistic or random stream), averaged over the images of all ranks.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class DetectionTask(L.LightningModule):
         reset_classes: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        val_loss: bool = True,
         detector_module: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -219,7 +225,20 @@ class DetectionTask(L.LightningModule):
 
     # ---------------------------------------------------------------- evaluation
     def validation_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Tensor]]:
-        return self._eval_step(batch, self.val_map)
+        preds = self._eval_step(batch, self.val_map)
+        if self.hparams.val_loss:
+            self._log_val_loss(batch)
+        return preds
+
+    def _log_val_loss(self, batch: Batch) -> None:
+        images, targets = batch
+        losses = training_losses(self.detector, images, [_boxes_and_labels(t) for t in targets])
+        # sync_dist: Lightning sums value x batch_size and the batch sizes over the ranks, so the
+        # figure is the mean over every validation image, as in one process
+        batch_size = len(images)
+        self.log("val/loss", sum(losses.values()), batch_size=batch_size, sync_dist=True)
+        for name, value in losses.items():
+            self.log(f"val/loss_{_short(name)}", value, batch_size=batch_size, sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Tensor]]:
         return self._eval_step(batch, self.test_map)
@@ -298,6 +317,44 @@ class DetectionTask(L.LightningModule):
         state = checkpoint.get("state_dict", {})
         for key in _LEGACY_STATE_KEYS:
             state.pop(key, None)
+
+
+def training_losses(
+    detector: nn.Module, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]
+) -> dict[str, Tensor]:
+    """The detector's training losses (float32) on a batch, leaving nothing that training sees changed.
+
+    torchvision-style detectors return losses only in training mode, so the detector runs once in
+    it, without gradients, except for the parts whose training mode would change the model or the
+    figure: the backbone and FPN (``detector.backbone``) stay in eval mode (the features validation
+    scores, no dropout or stochastic depth), and so does every BatchNorm anywhere (`is_norm`; its
+    running statistics are not updated). The random draws of training mode (the transform's size
+    choice, the R-CNN proposal and RoI samplers) come from a forked generator (the CPU's and the
+    images' CUDA device's), so a run with validation losses trains exactly as one without.
+    Afterwards every module is back in the mode it had.
+    """
+    modes = [(module, module.training) for module in detector.modules()]
+    devices = sorted({_cuda_index(image.device) for image in images if image.device.type == "cuda"})
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            detector.train()
+            features = getattr(detector, "backbone", None)
+            if isinstance(features, nn.Module):
+                features.eval()
+            for module in detector.modules():
+                if is_norm(module):
+                    module.eval()
+            losses = detector(list(images), [dict(t) for t in targets])
+    finally:
+        # the flags themselves, not train()/eval(): a module's own train() (the Backbone's keeps
+        # frozen stages' norms in eval) must not decide what the previous mode was
+        for module, training in modes:
+            module.training = training
+    return {name: value.float() for name, value in losses.items()}
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _boxes_and_labels(target: Mapping[str, Any]) -> dict[str, Tensor]:

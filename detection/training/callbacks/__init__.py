@@ -2,6 +2,7 @@
 
 from detection.training.callbacks.batch_norm_stats import BatchNormStatsSync
 from detection.training.callbacks.dashboards import DetectionDashboards
+from detection.training.callbacks.detections_json import KeepTestDetections
 from detection.training.callbacks.ema import EMA
 from detection.training.callbacks.finetuning import BackboneUnfreeze
 from detection.training.callbacks.loader_state import LoaderStateCallback
@@ -15,6 +16,7 @@ __all__ = [
     "BackboneUnfreeze",
     "BatchNormStatsSync",
     "DetectionDashboards",
+    "KeepTestDetections",
     "LoaderStateCallback",
     "PredictionImageLogger",
     "PreemptionCheckpoint",
