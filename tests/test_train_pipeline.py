@@ -3,6 +3,7 @@ every experiment, every debug preset, two validations per epoch, the config tree
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from helpers import (
     train_in_process,
 )
 from omegaconf import OmegaConf
+
+from detection.training.errors import ERROR_TYPES
 
 DETECTION_EXPERIMENTS = [
     "fashiondet_fcos",
@@ -55,11 +58,22 @@ def test_fast_dev_run_detection_experiment(
             "logger=csv",
         ]
     )
-    assert sorted(p.name for p in (run_dir / "plots").glob("*_dashboard.json"))  # drawn under autocast
+    dashboards = sorted((run_dir / "plots").glob("*_dashboard.json"))
+    assert dashboards  # drawn under autocast
+    errors = json.loads(dashboards[-1].read_text())["errors"]  # the TIDE-style breakdown, per validation
+    assert set(errors) == {"AP50", *ERROR_TYPES}
     assert run_dir.parent.parent.name == experiment  # task_name of the experiment
     metrics = read_metrics(run_dir)
     assert metrics["global_step"] == 1
-    for name in ("train/loss", "val/mAP", "test/mAP", "test/mAP_50", "test/mAR_100", "test/AP/Sandal"):
+    for name in (
+        "train/loss",
+        "val/loss",
+        "val/mAP",
+        "test/mAP",
+        "test/mAP_50",
+        "test/mAR_100",
+        "test/AP/Sandal",
+    ):
         assert math.isfinite(metrics[name]), name
     assert value == metrics["val/mAP"]  # what a sweeper gets back
     assert _checkpoints(run_dir) == []  # fast_dev_run writes none

@@ -1,13 +1,19 @@
-"""Per-class AP, precision-recall curves and a confusion matrix after each validation.
+"""Per-class AP, precision-recall curves, a confusion matrix and the AP lost per error type after
+each validation.
 
 Logged to W&B (images of the figures, a bar chart and a table) when a `WandbLogger` is attached,
 and always written as PNG files (plus the numbers as JSON) to ``<run dir>/plots/`` for people
 without W&B. IoU 0.5 for both the curves and the matrix (see `detection.training.diagnostics`).
+The error breakdown (`detection.training.errors`, TIDE-style: the AP50 that classification,
+localisation, both, duplicate, background and missed errors each cost) goes into the JSON under
+"errors" and to W&B as a bar chart and one curve per type (``val/dashboard/dAP/<type>``); its IoU
+thresholds are TIDE's (0.5 and 0.1) whatever `iou_thresh`.
 
 Cost: predictions and targets of the validation set are kept on the CPU (boxes only), matched
 with numpy, and three figures are drawn with the Agg canvas: about a second per validation on
-the FashionDet validation set. Under DDP every rank's predictions are gathered to rank 0
-(`torch.distributed.gather_object`), so the plots cover every image once.
+the FashionDet validation set; the error breakdown adds about 0.1 s per 100 images. Under DDP
+every rank's predictions are gathered to rank 0 (`torch.distributed.gather_object`), so the
+plots cover every image once.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
 from detection.training import diagnostics, figures
+from detection.training.errors import ERROR_TYPES, error_breakdown_arrays
 from detection.training.metrics import class_metric_key, gather_to_rank_zero
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,7 @@ class DetectionDashboards(L.Callback):
         out = self.output_dir or Path(trainer.default_root_dir) / "plots"
         stem = f"val_epoch{epoch:03d}_step{step:06d}"
         files = {kind: figures.save(figure, out / f"{stem}_{kind}.png") for kind, figure in drawn.items()}
+        errors = {k: (None if v != v else v) for k, v in error_breakdown_arrays(preds, targets).items()}
         numbers = {
             "epoch": epoch,
             "step": step,
@@ -134,15 +142,22 @@ class DetectionDashboards(L.Callback):
             "ap": {n: (None if a != a else a) for n, a in zip(names, ap50)},
             "num_gt": {n: c.num_gt for n, c in zip(names, curves)},
             "confusion_matrix": matrix.tolist(),
+            "errors": errors,  # AP50 and the dAP of each error type
         }
         files["numbers"] = out / f"{stem}_dashboard.json"
         files["numbers"].write_text(json.dumps(numbers, indent=1))
         if self.log_wandb:
-            self._log_wandb(trainer, files, names, ap50, step)
+            self._log_wandb(trainer, files, names, ap50, errors, step)
         return files
 
     def _log_wandb(
-        self, trainer: L.Trainer, files: dict[str, Path], names: list[str], ap50: list[float], step: int
+        self,
+        trainer: L.Trainer,
+        files: dict[str, Path],
+        names: list[str],
+        ap50: list[float],
+        errors: dict[str, float | None],
+        step: int,
     ) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers:
@@ -152,11 +167,14 @@ class DetectionDashboards(L.Callback):
         table = wandb.Table(
             columns=["class", "AP50"], data=[[n, 0.0 if a != a else float(a)] for n, a in zip(names, ap50)]
         )
+        lost = wandb.Table(columns=["error", "dAP"], data=[[t, errors[t] or 0.0] for t in ERROR_TYPES])
         payload = {
             "val/dashboard/per_class_ap50": wandb.plot.bar(table, "class", "AP50", title="Per-class AP@0.5"),
+            "val/dashboard/errors": wandb.plot.bar(lost, "error", "dAP", title="AP50 lost per error type"),
             "val/dashboard/per_class_ap": wandb.Image(str(files["per_class_ap"])),
             "val/dashboard/pr_curves": wandb.Image(str(files["pr_curves"])),
             "val/dashboard/confusion_matrix": wandb.Image(str(files["confusion_matrix"])),
+            **{f"val/dashboard/dAP/{t}": errors[t] for t in ERROR_TYPES if errors[t] is not None},
             "trainer/global_step": step,
         }
         for logger in loggers:
