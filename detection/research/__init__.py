@@ -9,6 +9,9 @@ The tools, each with ``main(argv)`` and run as ``python scripts/<script>.py``:
 - profile (scripts/profile_backbone.py): backbone parameters, FLOPs, memory and speed;
 - export (scripts/export.py): ONNX and TorchScript export with a parity check (export_check);
 - overhead (scripts/overhead.py): Lightning's training loop against a plain PyTorch one.
+- precision (scripts/precision_check.py): one checkpoint in float32 and under autocast on large inputs;
+- compare (scripts/compare.py): differences between runs or seed groups, with bootstrap intervals
+  and a TIDE-style error breakdown.
 
 Helpers: runs (a job's detector and images), sweeps (launching train.py, a job's results),
 tables (CSV and Markdown), timing, memory. Plots use detection.training.figures (matplotlib's
