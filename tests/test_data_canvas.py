@@ -202,6 +202,7 @@ def test_parameter_errors_say_what_is_valid() -> None:
     assert resolve_params("small", num_val=None)["num_val"] == FASHIONDET_PRESETS["small"]["num_val"]
 
 
+@pytest.mark.slow  # a subprocess: the script as a user runs it
 def test_make_dataset_script(tmp_path: Path) -> None:
     root = tmp_path / "fd"
     command = [

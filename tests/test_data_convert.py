@@ -126,6 +126,7 @@ def test_convert_refuses_a_folder_in_use(fashiondet_small_root: Path, tmp_path: 
         _convert(fashiondet_small_root, "coco", "voc", tmp_path / "out")
 
 
+@pytest.mark.slow  # a subprocess: the script as a user runs it
 def test_convert_script(fashiondet_small_root: Path, tmp_path: Path) -> None:
     result = run_script(
         "convert_data",

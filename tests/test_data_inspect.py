@@ -25,6 +25,7 @@ def test_three_pictures(fashiondet_small_root: Path, tmp_path: Path) -> None:
             assert image.format == "PNG" and min(image.size) > 200, path
 
 
+@pytest.mark.slow  # a subprocess: the script as a user runs it
 def test_script_on_fashiondet(fashiondet_small_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "pictures"
     result = run_script(
