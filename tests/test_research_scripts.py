@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import csv
 import importlib
@@ -18,7 +19,9 @@ import pytest
 import torch
 import yaml
 
-from detection.research import transfer
+from detection.research import benchmark, transfer
+from detection.research.tables import Job, t_interval, without_seed
+from detection.research.timing import Spread, median_iqr_ms
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -131,11 +134,17 @@ def test_benchmark_tabulates_heads_and_compares_light_head(
     for job in sweep.glob("[0-9]*"):
         config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         jobs[config["model"]["detector"]["head"]] = (job, config["model"]["backbone"]["name"])
-    assert sorted(r["head"] for r in rows) == sorted(jobs)  # one row per job
+    assert sorted(r["head"] for r in rows) == sorted(jobs)  # one seed each: one row per job
     for row in rows:
         assert row["status"] == "ok", row
         assert 0.0 <= float(row["test_mAP"]) <= 1.0
         assert float(row["infer_ms"]) > 0 and float(row["params_M"]) > 0 and float(row["epoch_s"]) > 0
+        # the median inside its interquartile range; one seed: no interval, no standard deviation
+        assert float(row["infer_ms_q1"]) <= float(row["infer_ms"]) <= float(row["infer_ms_q3"])
+        assert (
+            row["n"] == "1" and row["test_mAP_ci_low"] == row["test_mAP_ci_high"] == row["test_mAP_std"] == ""
+        )
+        assert row["jobs"] == jobs[row["head"]][0].name
         assert row["weights"] == "imagenet"
         job, backbone = jobs[row["head"]]
         assert row["backbone"] == backbone == "efficientnet_lite0"
@@ -157,8 +166,20 @@ def test_benchmark_tabulates_heads_and_compares_light_head(
         light, faster = float(pair[f"{split}_LH"]), float(pair[f"{split}_F"])
         assert float(pair[f"{split}_ratio"]) == pytest.approx(light / faster)
     assert all(float(pair[f"{split}_{head}"]) > 0 for split in ("e2e", "head", "roi") for head in ("F", "LH"))
+    assert all(
+        float(pair[f"{split}_{head}_q1"])
+        <= float(pair[f"{split}_{head}"])
+        <= float(pair[f"{split}_{head}_q3"])
+        for split in ("e2e", "head", "roi")
+        for head in ("F", "LH")
+    )
     assert min(_png_size(sweep / "benchmark.png")) > 0
-    assert "| faster_rcnn |" in (sweep / "benchmark.md").read_text() and "Light-Head" in out
+    table = (sweep / "benchmark.md").read_text()
+    assert "| faster_rcnn |" in table and "Light-Head" in out
+    faster_row = by_head["faster_rcnn"]
+    spread = [float(faster_row[k]) for k in ("infer_ms", "infer_ms_q1", "infer_ms_q3")]
+    assert f"| {float(faster_row['test_mAP']):.3f} (n=1) |" in table
+    assert "| {:.1f} [{:.1f}–{:.1f}] |".format(*spread) in table
     # the dashboards callback (in the default callbacks) wrote its plots and numbers for each job
     for job in ("0", "1"):
         plots = sweep / job / "plots"
@@ -208,8 +229,10 @@ def test_transfer_study_pretrains_then_compares_every_backbone_start(
     assert [r["variant"] for r in summary] == list(transfer.LABELS.values())
     by_variant = {r["variant"]: r for r in runs}
     for row, variant in zip(summary, transfer.VARIANTS):
-        # one seed: the mean is that job's value and the sample standard deviation is 0
-        assert row["test_mAP"] == f"{float(by_variant[variant]['test_mAP']):.3f} ± 0.000"
+        # one seed: the mean is that job's value; no interval, no standard deviation
+        assert row["test_mAP"] == f"{float(by_variant[variant]['test_mAP']):.3f} (n=1)"
+        assert float(row["test_mAP_mean"]) == pytest.approx(float(by_variant[variant]["test_mAP"]))
+        assert row["test_mAP_ci_low"] == row["test_mAP_std"] == ""
     assert min(_png_size(sweep / "transfer_study.png")) > 0
 
     def job_config(variant: str) -> dict:
@@ -259,7 +282,11 @@ def test_transfer_study_pretrains_then_compares_every_backbone_start(
     ema_row = next(r for r in _csv(more / "multirun" / "transfer_study.csv") if r["n"] == "2")
     values = [float(r["test_mAP"]) for r in ema_runs]
     assert ema_row["variant"] == transfer.LABELS["imagenet_ema"]
-    assert ema_row["test_mAP"].startswith(f"{np.mean(values):.3f} ± ")
+    assert ema_row["test_mAP"].startswith(f"{np.mean(values):.3f} [")
+    # two seeds: mean ± t(0.975, 1) s/√2, t = 12.706
+    half = 12.706 * np.std(values, ddof=1) / np.sqrt(2)
+    assert float(ema_row["test_mAP_ci_high"]) == pytest.approx(np.mean(values) + half, abs=1e-4)
+    assert float(ema_row["test_mAP_std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-4)
     with pytest.raises(ValueError, match="imagenet_ema with seed 1 is in two jobs"):
         transfer.read_jobs(more / "multirun", [sweep, more / "multirun"])
 
@@ -439,16 +466,27 @@ def test_benchmark_heads_prints_both_heads_per_image(tmp_path: Path) -> None:
     )
     lines = out.strip().splitlines()
     assert "input 64x64, batch 2, FPN 32 ch, 5 classes, Light-Head S, 1 thread(s)" in lines[0]
+    assert lines[0].endswith("median [interquartile range] of 1 runs")
     params = dict(re.findall(r"^\s+(\w+)\s+head parameters: ([\d.]+) M$", out, re.MULTILINE))
     assert (
         set(params) == {"faster_rcnn", "light_head_rcnn"}
         and params["faster_rcnn"] != params["light_head_rcnn"]
     )
-    table = {line[:18].strip(): [float(v) for v in line[18:].split()] for line in lines[-7:-2]}
+    table = {line[:18].strip(): line[18:] for line in lines[-7:-2]}
     assert list(table) == ["end to end", "backbone", "head (RPN + RoI)", "RoI heads", "proposals/img"]
-    assert all(faster > 0 and light > 0 for faster, light, _ in table.values())
-    assert all(0 < n <= 20 for n in table["proposals/img"][:2])  # at most --proposals per image
-    faster = dict(zip(table, (row[0] for row in table.values()), strict=True))
+    numbers = {key: [float(v) for v in re.findall(r"\d+\.\d+", text)] for key, text in table.items()}
+    proposals = numbers.pop("proposals/img")  # a count: Faster, Light-Head, ratio; no spread
+    assert len(proposals) == 3 and all(0 < n <= 20 for n in proposals[:2])  # at most --proposals
+    for key, values in numbers.items():
+        # "median [q1–q3]" per detector, then the ratio of the medians
+        assert len(values) == 7 and re.search(r"\d \[\d+\.\d–\d+\.\d\]", table[key]), table[key]
+        for median, q1, q3 in (values[0:3], values[3:6]):
+            assert 0 < q1 <= median <= q3
+        # the table's medians are rounded to 0.1 ms: their ratio is known to within that
+        assert values[6] == pytest.approx(
+            values[3] / values[0], abs=0.01 + 0.05 * (1 + values[6]) / values[0]
+        )
+    faster = {key: values[0] for key, values in numbers.items()}
     # the backbone is a part of the whole pass, and the share line is its time over the whole one
     assert faster["backbone"] < faster["end to end"]
     assert lines[-2].startswith("backbone alone")
@@ -457,6 +495,73 @@ def test_benchmark_heads_prints_both_heads_per_image(tmp_path: Path) -> None:
     floor = float(lines[-1].rsplit(": ", 1)[1])
     # the table is rounded to 0.1 ms
     assert floor == pytest.approx(1 - faster["RoI heads"] / faster["end to end"], abs=0.05)
+
+
+def test_t_interval_and_the_timing_quartiles_by_hand() -> None:
+    interval = t_interval([1.0, 2.0, 3.0])
+    # mean 2, s = 1, t(0.975, 2) = 4.3027: half-width 4.3027 / √3 = 2.484
+    assert (interval.mean, interval.std, interval.n) == (2.0, 1.0, 3)
+    assert interval.low == pytest.approx(2 - 2.4841, abs=1e-4)
+    assert interval.high == pytest.approx(2 + 2.4841, abs=1e-4)
+    assert interval.text(".3f") == "2.000 [-0.484, 4.484]"
+    one = t_interval([0.25, None, float("nan")])  # missing values left out
+    assert one.text() == "0.250 (n=1)" and one.n == 1 and np.isnan([one.low, one.high, one.std]).all()
+    assert t_interval([]).text() == "-"
+    # quartiles interpolated between the sorted runs 1 2 3 4 5 7 10, as numpy.percentile does
+    spread = Spread.of([5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 7.0])
+    assert spread == (4.0, 2.5, 6.0) == tuple(np.percentile([5, 1, 4, 2, 3, 10, 7], [50, 25, 75]))
+    assert spread.text() == "4.0 [2.5–6.0]"
+    assert Spread.of([8.0]) == (8.0, 8.0, 8.0)
+    calls = []
+    timed = median_iqr_ms(lambda: calls.append(1), warmup=2, runs=5)
+    assert len(calls) == 7 and 0 <= timed.q1 <= timed.median <= timed.q3
+    assert without_seed(["model=fcos", "seed=1", "+seed=2", "seeded=1"]) == ("model=fcos", "seeded=1")
+
+
+def _job(number: int, head: str, seed: int, value: float) -> Job:
+    job = Job(path=Path(str(number)), number=number, overrides=[f"model={head}", f"seed={seed}"])
+    job.config = {"seed": seed, "model": {"detector": {"head": head}, "backbone": {"name": "resnet18"}}}
+    job.metrics = {"test/mAP": value, "test/mAP_50": value, "val/mAP": value}
+    job.timing = {"train_s": 10.0 * number}
+    return job
+
+
+def test_benchmark_and_transfer_study_report_seeds_as_a_mean_with_its_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    latency = {0: [1.0, 2.0], 1: [3.0, 4.0], 2: [5.0], 3: [9.0]}
+    monkeypatch.setattr(
+        benchmark, "measure", lambda job, *_: {"latency": latency[job.number], "params_M": 1.0}
+    )
+    monkeypatch.setattr(benchmark, "split_images", lambda *_: ([], None))
+    monkeypatch.setattr(benchmark, "data_root", lambda job: None)
+    jobs = [
+        _job(0, "fcos", 0, 1.0),
+        _job(1, "fcos", 1, 2.0),
+        _job(3, "retinanet", 0, 0.5),
+        _job(2, "fcos", 2, 3.0),
+    ]
+    fcos, retinanet = benchmark.tabulate(jobs, argparse.Namespace(images=2, warmup=0, runs=1))
+    # the three seeds of fcos are one row: their mean with its t interval (as above)
+    assert (fcos["head"], fcos["n"], fcos["jobs"], fcos["setting"]) == ("fcos", 3, "0 1 2", "")
+    assert fcos["test_mAP"] == 2.0 and fcos["test_mAP_text"] == "2.000 [-0.484, 4.484]"
+    assert fcos["test_mAP_std"] == 1.0 and fcos["train_s"] == 10.0
+    # the per-image times of its three checkpoints pooled: 1 2 3 4 5
+    assert (fcos["infer_ms"], fcos["infer_ms_q1"], fcos["infer_ms_q3"]) == (3.0, 2.0, 4.0)
+    assert fcos["infer_text"] == "3.0 [2.0–4.0]" and fcos["status"] == "ok"
+    assert retinanet["test_mAP_text"] == "0.500 (n=1)" and retinanet["test_mAP_ci_low"] is None
+
+    rows = [
+        {**benchmark.sweeps.job_results(job), "variant": "imagenet", "seed": job.get("seed")} for job in jobs
+    ]
+    rows[2]["variant"] = "scratch"
+    imagenet, scratch = transfer.summarise(rows)
+    assert (imagenet["n"], imagenet["test_mAP"], imagenet["test_mAP_std"]) == (
+        3,
+        "2.000 [-0.484, 4.484]",
+        1.0,
+    )
+    assert (scratch["n"], scratch["test_mAP"], scratch["test_mAP_std"]) == (1, "0.500 (n=1)", None)
 
 
 @pytest.mark.parametrize("script", sorted(TOOLS))

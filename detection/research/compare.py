@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from detection.research.tables import markdown_table, read_multirun, write_tables
+from detection.research.tables import markdown_table, read_multirun, without_seed, write_tables
 from detection.research.weighted_map import MAIN_METRICS, Scored, metric_values, quiet_nanmean, score_run
 from detection.training import figures
 from detection.training.callbacks.detections_json import DETECTIONS_FILE as DETECTIONS
@@ -92,10 +92,6 @@ class Group:
     runs: list[Path]
 
 
-def _is_seed(override: str) -> bool:
-    return override.lstrip("+~").split("=", 1)[0] == "seed"
-
-
 def _overrides(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
     return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else []
@@ -106,7 +102,7 @@ def collect_groups(paths: Sequence[str | Path]) -> tuple[list[Group], list[str]]
     groups, notes = [], []
     for path in map(Path, paths):
         if (path / DETECTIONS).is_file():
-            key = tuple(o for o in _overrides(path) if not _is_seed(o))
+            key = without_seed(_overrides(path))
             groups.append(Group("", path, key, [path]))
         elif path.is_dir() and any(p.is_dir() and p.name.isdigit() for p in path.iterdir()):
             by_key: dict[tuple[str, ...], Group] = {}
@@ -114,7 +110,7 @@ def collect_groups(paths: Sequence[str | Path]) -> tuple[list[Group], list[str]]
                 if not (job.path / DETECTIONS).is_file():
                     notes.append(f"{job.path}: left out, no {DETECTIONS} ({job.error or 'no test'})")
                     continue
-                key = tuple(o for o in job.overrides if not _is_seed(o))
+                key = without_seed(job.overrides)
                 by_key.setdefault(key, Group("", path, key, [])).runs.append(job.path)
             if not by_key:
                 raise FileNotFoundError(f"{path}: no job of this multirun wrote {DETECTIONS}")

@@ -5,7 +5,9 @@ is the R-CNN subnet. Prints, per image: the whole forward pass ("end to end"), t
 everything after the backbone + FPN features ("head": RPN + RoI heads), and the RoI heads alone;
 then the ratios Light-Head / Faster, the backbone's share of Faster R-CNN's time (which no head on
 this backbone can go below) and the lowest end-to-end ratio any RoI subnet could reach (Faster
-R-CNN's time without its RoI heads). No timing is asserted anywhere: the figures depend on the machine.
+R-CNN's time without its RoI heads). Each time is the median of ``--runs`` passes with its
+interquartile range, ``median [25th–75th percentile]``; the ratios and shares are of medians. No
+timing is asserted anywhere: the figures depend on the machine.
 
 With ``--checkpoints FASTER LIGHT_HEAD`` the two trained detectors (DetectionTask checkpoints, e.g.
 of experiment=fashiondet_faster_rcnn and fashiondet_light_head_rcnn) are timed instead, rebuilt
@@ -23,7 +25,9 @@ from torch import nn
 
 from detection.models import build_backbone, build_detector, build_from_spec
 from detection.research.runs import split_images
-from detection.research.timing import count_parameters, rcnn_timings
+from detection.research.timing import Spread, count_parameters, rcnn_timings
+
+COUNTS = ("proposals/img",)  # rows of `rcnn_timings` that count, not time: no spread to show
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,7 +95,9 @@ def load_pair(args: argparse.Namespace) -> dict[str, nn.Module]:
     return models
 
 
-def report(args: argparse.Namespace, models: dict[str, nn.Module], results: dict[str, dict]) -> str:
+def report(
+    args: argparse.Namespace, models: dict[str, nn.Module], results: dict[str, dict[str, Spread]]
+) -> str:
     shape = f"input {args.size}x{args.size}, batch {args.batch}"
     if args.checkpoints:
         what = f"checkpoints {', '.join(args.checkpoints)} rebuilt at {shape}"
@@ -100,22 +106,23 @@ def report(args: argparse.Namespace, models: dict[str, nn.Module], results: dict
             f"backbone {args.backbone} (weights {args.weights}), {shape}, FPN {args.fpn_channels} ch, "
             f"{args.num_classes} classes, Light-Head {args.variant}"
         )
-    lines = [f"{what}, {args.threads} thread(s), median of {args.runs} runs"]
+    lines = [f"{what}, {args.threads} thread(s), median [interquartile range] of {args.runs} runs"]
     for name, model in models.items():
         head_params = count_parameters(model, ("rpn.", "roi_heads."))
         lines.append(f"  {name:16s} head parameters: {head_params / 1e6:.2f} M")
-    lines.append(f"{'ms per image':18s}{'Faster R-CNN':>14s}{'Light-Head':>14s}{'ratio LH/F':>12s}")
+    lines.append(f"{'ms per image':18s}{'Faster R-CNN':>24s}{'Light-Head':>24s}{'ratio LH/F':>12s}")
     for key, fast in results["faster_rcnn"].items():
         light = results["light_head_rcnn"][key]
-        ratio = light / fast if fast else float("nan")
-        lines.append(f"{key:18s}{fast:14.1f}{light:14.1f}{ratio:12.2f}")
+        ratio = light.median / fast.median if fast.median else float("nan")
+        cells = [f"{t.median:.1f}" if key in COUNTS else t.text(".1f") for t in (fast, light)]
+        lines.append(f"{key:18s}{cells[0]:>24s}{cells[1]:>24s}{ratio:12.2f}")
     # The backbone, FPN and RPN cost both detectors the same: even an RoI subnet that took no time
     # could not bring Light-Head below this share of Faster R-CNN's end-to-end time.
-    fast = results["faster_rcnn"]
-    floor = (fast["end to end"] - fast["RoI heads"]) / fast["end to end"]
+    faster = {key: spread.median for key, spread in results["faster_rcnn"].items()}
+    floor = (faster["end to end"] - faster["RoI heads"]) / faster["end to end"]
     # No detector on this backbone, whatever its FPN, RPN or RoI subnet, runs faster than the
     # backbone alone: the bound on any head's claim to speed.
-    share = fast["backbone"] / fast["end to end"]
+    share = faster["backbone"] / faster["end to end"]
     lines.append(f"backbone alone, share of Faster R-CNN's end to end (no head is below): {share:.2f}")
     lines.append(f"lowest reachable end-to-end ratio LH/F (an RoI subnet that costs nothing): {floor:.2f}")
     return "\n".join(lines)

@@ -9,8 +9,9 @@ below 2 or 4 frozen and with weight EMA. Each over the same seeds. Steps:
 1. the pretrainings that the chosen variants start from (each skipped when its checkpoint is
    given);
 2. the multirun `scripts/train.py -m experiment=transfer_study` over variant x seed;
-3. writes transfer_study.csv / .md (mean +- std per variant), transfer_study_runs.csv (every job)
-   and transfer_study.png into the multirun directory, and prints the table.
+3. writes transfer_study.csv / .md (per variant: the mean over seeds with its 95 % Student t
+   interval, and the standard deviation; one seed has no interval), transfer_study_runs.csv
+   (every job) and transfer_study.png into the multirun directory, and prints the table.
 
 --with-sweep-dir (repeatable) adds the jobs of earlier multiruns of the study to the table, so
 seeds or variants run later join the ones already run; a variant and seed that finished twice is
@@ -23,13 +24,14 @@ pretraining run, --crops-overrides to the two FashionCrops ones.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from detection.research import sweeps
-from detection.research.tables import Job, group_by, mean_std, read_multirun, write_tables
+from detection.research.tables import Column, Job, group_by, mean_std, read_multirun, t_interval, write_tables
 from detection.training import figures
 
 LABELS = {
@@ -67,10 +69,26 @@ PRETRAININGS = (
     ),
     ("imagenet_fashion_crops_ckpt", "pretrain_imagenet_fashion_crops", ["experiment=pretrain_fashion_crops"]),
 )
-SUMMARY_COLUMNS = [
+STATS = ("mean", "ci_low", "ci_high", "std")  # CSV columns beside each "mean [low, high]" cell
+# Markdown: "mean [95 % CI]" and the standard deviation of each metric; the CSV has every number
+SUMMARY_MARKDOWN_COLUMNS: list[Column] = [
     ("variant", "backbone start", ""),
     ("n", "seeds", ""),
-    *((key, f"{header} (mean ± std)", spec) for key, header, spec in sweeps.metric_columns("")),
+    *(
+        column
+        for key, header, _ in sweeps.metric_columns("")
+        for column in ((key, f"{header} (mean [95 % CI])", ""), (f"{key}_std", f"{header} std", ".3f"))
+    ),
+    ("train_s", "train s / job (mean)", ".0f"),
+]
+SUMMARY_COLUMNS: list[Column] = [
+    ("variant", "backbone start", ""),
+    ("n", "seeds", ""),
+    *(
+        column
+        for key, header, _ in sweeps.metric_columns("")
+        for column in ((key, header, ""), *((f"{key}_{s}", f"{header} {s}", ".4f") for s in STATS))
+    ),
     ("train_s", "train s / job (mean)", ".0f"),
 ]
 RUN_COLUMNS = [
@@ -184,11 +202,16 @@ def read_jobs(sweep_dir: Path, more: list[Path]) -> list[dict[str, Any]]:
 
 
 def summary_row(variant: str, group: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over the seeds of one variant (the plot reads the raw values too)."""
+    """The mean over the seeds of one variant with its 95 % t interval (`tables.t_interval`) and
+    their standard deviation; one seed has neither, and shows "n=1" (the plot reads the raw values
+    too)."""
     row: dict[str, Any] = {"variant": LABELS.get(variant, variant), "key": variant, "n": len(group)}
     for key in sweeps.METRICS:
-        mean, std = mean_std([r[key] for r in group])
-        row[key], row[f"{key}_mean"], row[f"{key}_std"] = f"{mean:.3f} ± {std:.3f}", mean, std
+        interval = t_interval([r[key] for r in group])
+        row[key] = interval.text(".3f")
+        for stat in STATS:  # NaN (no value, or no spread from one) leaves the cell empty
+            value = getattr(interval, stat.removeprefix("ci_"))
+            row[f"{key}_{stat}"] = None if math.isnan(value) else value
     row["train_s"] = mean_std([r["train_s"] for r in group if r["train_s"] is not None])[0]
     row["seeds"] = sorted(r["seed"] for r in group)
     row["values"] = {k: [r[k] for r in group] for k in ("test_mAP", "test_mAP_50")}
@@ -208,7 +231,10 @@ def plot(summary: list[dict[str, Any]], path: Path, budget: str) -> Path:
     for ax, key, label in zip(axes, ("test_mAP", "test_mAP_50"), ("test mAP@[.5:.95]", "test mAP@0.5")):
         for i, row in enumerate(summary):
             colour = figures.COLOURS[i % len(figures.COLOURS)]
-            ax.bar(i, row[f"{key}_mean"], yerr=row[f"{key}_std"], color=colour, alpha=0.6, capsize=4)
+            mean, low, high = row[f"{key}_mean"], row[f"{key}_ci_low"], row[f"{key}_ci_high"]
+            # the 95 % interval of the mean where there is one (two seeds or more)
+            yerr = None if low is None else [[mean - low], [high - mean]]
+            ax.bar(i, math.nan if mean is None else mean, yerr=yerr, color=colour, alpha=0.6, capsize=4)
             values = row["values"][key]
             offsets = [i + 0.12 * (j - (len(values) - 1) / 2) for j in range(len(values))]
             ax.scatter(offsets, values, color="k", s=12)
@@ -218,7 +244,9 @@ def plot(summary: list[dict[str, Any]], path: Path, budget: str) -> Path:
         ax.set(ylabel=label, title=label)
         ax.grid(axis="y", alpha=0.3)
     figure.suptitle(
-        f"Backbone pretraining, FCOS on FashionDet ({budget}); bars: mean ± std, dots: seeds", fontsize=9
+        f"Backbone pretraining, FCOS on FashionDet ({budget}); bars: mean and its 95 % CI over seeds "
+        "(Student t; none for one seed), dots: seeds",
+        fontsize=9,
     )
     return figures.save(figure, path)
 
@@ -241,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
         SUMMARY_COLUMNS,
         sweep_dir / "transfer_study",
         f"Budget: {budget}, same for every job; seeds {sorted({r['seed'] for r in ok})}. "
-        "std = sample standard deviation over seeds.",
+        "mean [95 % CI]: the mean over seeds and its Student t interval, mean ± t(0.975, n-1)·s/√n; "
+        "n=1: one seed, no interval. std = sample standard deviation over seeds.",
+        markdown_columns=SUMMARY_MARKDOWN_COLUMNS,
     )
     png = plot(summary, sweep_dir / "transfer_study.png", budget) if summary else None
     print(md_path.read_text())
