@@ -168,7 +168,17 @@ def finish_loggers(loggers: list[Logger]) -> None:
             import wandb
 
             if wandb.run is not None:
-                wandb.finish()
+                try:
+                    wandb.finish()
+                except ConnectionError as error:
+                    # SLURM signals every process of a stopped job, W&B's service too: finishing then
+                    # fails, and must not turn a clean preemption (SIGTERM, last.ckpt saved) into a failure.
+                    log.error(
+                        "W&B's service ended before this run was finished (%s: %s); its W&B run may lack "
+                        "the last records (the CSV log and the checkpoints are complete)",
+                        type(error).__name__,
+                        error,
+                    )
 
 
 _FIRST = ("data", "model", "callbacks", "logger", "trainer", "paths", "extras")
