@@ -1,4 +1,5 @@
-"""Hydra multiruns of scripts/train.py: a sweep over learning rates that outlives a failing job, an
+"""Hydra multiruns of scripts/train.py: a sweep over learning rates that outlives a failing job and,
+run again in its folder, runs only its new job; an
 Optuna study kept in its storage file, and a sweep of DDP jobs; one W&B run per job, grouped."""
 
 from __future__ import annotations
@@ -46,14 +47,10 @@ def test_sweep_over_learning_rates_goes_on_after_a_failing_job(
     fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "logs"
+    common = [*tiny(fashiondet_small_root, log_dir), *SHORT, "task_name=lr_sweep"]
     result = run_script(
         "train",
-        [
-            *tiny(fashiondet_small_root, log_dir),
-            *SHORT,
-            "task_name=lr_sweep",
-            "model.optimizer.lr=0.001,-1,0.002",  # the second is invalid: AdamW refuses it
-        ],
+        [*common, "model.optimizer.lr=0.001,-1,0.002"],  # the second is invalid: AdamW refuses it
         tmp_path,
         timeout=500,
         multirun=True,
@@ -75,6 +72,24 @@ def test_sweep_over_learning_rates_goes_on_after_a_failing_job(
     assert len({info["id"] for info in infos}) == 3
     assert {info["group"] for info in infos} == {sweep_dir.name}
     assert infos[0]["config"]["model"]["optimizer"]["lr"] == 0.001
+
+    # The sweep again in its folder, its list reordered and one value added: the finished jobs are
+    # found by their overrides (not their numbers) and not run again; the new one gets folder 3.
+    finished = {job.name: (job / "metrics.json").stat().st_mtime_ns for job in (jobs[0], jobs[2])}
+    again = run_script(
+        "train",
+        [*common, "model.optimizer.lr=0.002,0.003,0.001", f"hydra.sweep.dir={sweep_dir}"],
+        tmp_path,
+        timeout=300,
+        multirun=True,
+    )
+    output = again.stdout + again.stderr
+    assert "Job 2 finished before (" in output and "Job 0 finished before (" in output
+    assert "Launching 1 jobs locally" in output
+    assert {name: (sweep_dir / name / "metrics.json").stat().st_mtime_ns for name in finished} == finished
+    assert [p.name for p in _job_dirs(sweep_dir)] == ["0", "1", "2", "3"]
+    assert OmegaConf.load(sweep_dir / "3" / ".hydra" / "config.yaml").model.optimizer.lr == 0.003
+    assert read_metrics(sweep_dir / "3")["global_step"] == 1
 
 
 @pytest.mark.slow
