@@ -2,8 +2,9 @@
 
 What is a command: each line of a fenced ```bash block of README.md, with a line that ends in `\\`
 joined to the next and a `#` comment stripped (shell rules: not inside quotes). Every command must
-start with `python scripts/` or `make `; anything else in a bash block fails this test, so put other
-text in another kind of block (```text, or none).
+start with `python scripts/`, `make ` or `torchrun ... scripts/` (one node of several: composed);
+anything else in a bash block fails this test, so put other text in another kind of block (```text,
+or none).
 
 How each command runs: with `helpers.run_script` (W&B offline, `helpers.subprocess_env`) from a
 fresh working directory under tmp, so that relative paths (`logs/`, `data/...`) land there as they
@@ -208,6 +209,14 @@ def _needs_hardware(tokens: list[str]) -> bool:
     return any(token in NEEDS_HARDWARE for token in tokens)
 
 
+def _first_of_sweep(token: str) -> str:
+    """`key=a,b` -> `key=a`: the overrides of a sweep's first job (lists and quoted values stay)."""
+    key, sep, value = token.partition("=")
+    if not sep or "," not in value or value[:1] in "[('\"{":
+        return token
+    return f"{key}={value.split(',', 1)[0]}"
+
+
 def _written_data(command: Command) -> str | None:
     """The `/path/to/<name>` placeholder a `convert_data.py` command writes (its `out=`), if any."""
     tokens = _tokens(command)
@@ -407,6 +416,10 @@ class Runner:
                 tokens = ["python", "scripts/train.py", *shlex.split(values.get("ARGS", ""))]
             elif tokens[0] == "make":
                 return self._make(outcome, tokens)
+            elif tokens[0] == "torchrun":  # one node of several: its script's config is composed
+                script_at = next(i for i, t in enumerate(tokens) if t.startswith("scripts/"))
+                assert all(t.startswith("--") for t in tokens[1:script_at]), command.text
+                tokens = ["python", *tokens[script_at:]]
             assert tokens[0] == "python" and tokens[1].startswith("scripts/"), command.text
             script = Path(tokens[1]).stem
             outcome.cwd = cwd = self.base / f"line{command.line}"
@@ -417,7 +430,9 @@ class Runner:
             if script in TOOL_FLAGS:
                 arguments = self._tool_arguments(script, arguments)
             elif _needs_hardware(arguments):
-                arguments = [a for a in arguments if a not in ("-m", "--multirun")] + ["--cfg", "job"]
+                # composed only: a sweep's first job (tests/test_slurm.py runs the SLURM sweep for real)
+                single = [_first_of_sweep(a) for a in arguments if a not in ("-m", "--multirun")]
+                arguments = [*single, "--cfg", "job"]
             elif script == "train":
                 arguments += self._train_settings(arguments, quiet=command.text != PRODUCERS["fashiondet"])
             elif script in ("eval", "predict"):
@@ -561,7 +576,8 @@ def _check_composed(outcome: Outcome, arguments: list[str]) -> None:
     report = _report(outcome)
     config = yaml.safe_load(outcome.result.stdout)
     assert isinstance(config, dict) and "trainer" in config, report
-    assert config["trainer"]["accelerator"] == "gpu", report
+    if "trainer.accelerator" not in _overrides(arguments):  # a CPU-only SLURM sweep names its own
+        assert config["trainer"]["accelerator"] == "gpu", report
     for key, value in _overrides(arguments).items():
         if "." in key and not key.startswith("hydra."):
             node: Any = config
