@@ -1,9 +1,11 @@
-"""Shared data fixtures (the `small` FashionDet preset, generated once per test session); `gpu` tests
-skip without CUDA."""
+"""Shared fixtures: the `small` FashionDet preset, generated once per test session; a one-node SLURM
+cluster (scripts/slurm_cluster.sh), one per pytest worker; `gpu` tests skip without CUDA."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,20 @@ def fashiondet_small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from detection.data import make_fashiondet
 
     return make_fashiondet(tmp_path_factory.mktemp("fashiondet_small"), preset="small", seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A one-node SLURM cluster for this session (each pytest worker its own: free ports, own
+    folder); yields the environment its clients need. Skips, saying why, where it cannot run
+    (not root and SLURM missing, no apt-get)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm_cluster.sh"
+    folder = tmp_path_factory.mktemp("slurm")
+    up = subprocess.run(["bash", str(script), "up", str(folder)], capture_output=True, text=True, timeout=900)
+    if up.returncode == 3:
+        pytest.skip(up.stderr.strip())
+    assert up.returncode == 0, f"the SLURM cluster did not start:\n{up.stderr}"
+    try:
+        yield {"SLURM_CONF": str(folder / "slurm.conf"), "PATH": f"{folder / 'bin'}:{os.environ['PATH']}"}
+    finally:
+        subprocess.run(["bash", str(script), "down", str(folder)], timeout=120, check=False)

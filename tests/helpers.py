@@ -11,11 +11,13 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pytest
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,11 +246,16 @@ def reference_overrides(data_root: Path, log_dir: Path) -> list[str]:
 
 
 def reference_run(data_root: Path, tmp_path_factory: Any) -> Path:
-    """The run directory of an uninterrupted reference training (subprocess), made once per session."""
+    """The run directory of an uninterrupted reference training (subprocess), made once per session
+    (for all pytest workers)."""
     if "run_dir" not in _REFERENCE:
-        base = tmp_path_factory.mktemp("reference")
-        run_script("train", reference_overrides(data_root, base / "logs"), base, timeout=300)
-        _REFERENCE["run_dir"] = single_run_dir(base / "logs", "reference")
+
+        def train() -> dict[str, Any]:
+            base = tmp_path_factory.mktemp("reference")
+            run_script("train", reference_overrides(data_root, base / "logs"), base, timeout=300)
+            return {"run_dir": str(single_run_dir(base / "logs", "reference"))}
+
+        _REFERENCE["run_dir"] = Path(once_per_session(tmp_path_factory, "reference_run", train)["run_dir"])
     return _REFERENCE["run_dir"]
 
 
@@ -371,3 +378,22 @@ def wandb_run_info(path: Path) -> dict[str, Any]:
             for item in record.history.item:
                 info["history"].setdefault(_item_key(item), []).append(json.loads(item.value_json))
     return info
+
+
+def once_per_session(
+    tmp_path_factory: pytest.TempPathFactory, name: str, compute: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """`compute()` once for the whole test session, whichever pytest worker asks first; the others
+    wait for it and get the same result (plain JSON data: paths as strings). pytest-xdist runs a
+    module's fixture once in every worker that runs one of its tests; for a run of a minute that
+    doubles the cost."""
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return compute()
+    result_file = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if result_file.is_file():
+            return json.loads(result_file.read_text())
+        result = compute()
+        result_file.write_text(json.dumps(result))
+    return result

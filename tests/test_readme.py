@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shlex
 import shutil
@@ -69,6 +70,7 @@ from typing import Any
 import helpers
 import pytest
 import yaml
+from filelock import FileLock
 from helpers import QUIET, REPO, SCRIPTS, read_metrics, run_script, small_data, tiny, wandb_offline_runs
 from PIL import Image
 
@@ -498,7 +500,30 @@ def outcomes(
     request: pytest.FixtureRequest, fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[Command, Future[Outcome]]]:
     """Every selected command started in README order, WORKERS at a time; its Outcome when it ends.
-    A command waits only for earlier ones, which the pool started first: no wait can block it."""
+    A command waits only for earlier ones, which the pool started first: no wait can block it.
+
+    Under pytest-xdist every worker collects all tests, so each would run all the commands: the
+    first worker to get here runs them and leaves their outcomes (pickled) for the others."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield from _run_commands(request, fashiondet_small_root, tmp_path_factory)
+        return
+    shared = tmp_path_factory.getbasetemp().parent
+    saved = shared / "readme_outcomes.pickle"
+    with FileLock(str(shared / "readme_outcomes.lock")):
+        if not saved.is_file():
+            for futures in _run_commands(request, fashiondet_small_root, tmp_path_factory):
+                # every outcome, whether or not a test failed early (a failed command is an Outcome too)
+                saved.write_bytes(pickle.dumps({c: f.result() for c, f in futures.items()}))
+    done: dict[Command, Future[Outcome]] = {}
+    for command, outcome in pickle.loads(saved.read_bytes()).items():
+        done[command] = Future()
+        done[command].set_result(outcome)
+    yield done
+
+
+def _run_commands(
+    request: pytest.FixtureRequest, fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[Command, Future[Outcome]]]:
     runner = Runner(tmp_path_factory.mktemp("readme"), fashiondet_small_root)
     futures: dict[Command, Future[Outcome]] = {}
     pool = ThreadPoolExecutor(max_workers=WORKERS)

@@ -5,9 +5,10 @@
 - `kill -9` of a training process after a mid-epoch checkpoint, then `ckpt_path=last`: the resumed
   run ends with exactly the weights of an uninterrupted run (same step count, same batches, same
   augmentations).
-- SIGTERM writes `last.ckpt` at the end of the current batch and the process exits with status 0;
-  the job started again in the same run directory (a SLURM requeue) continues from it by itself and
-  also ends with the uninterrupted run's weights.
+- SIGTERM writes `last.ckpt` at the end of the current batch and the process exits with status 0.
+- On a real SLURM cluster (the `slurm` fixture): a job preempted mid-epoch (`scontrol requeue`) and a
+  job given the time-limit warning (USR2: checkpoint, then requeue itself) start again by themselves
+  and end with the uninterrupted run's weights.
 - Checkpoints load with `torch.load(weights_only=True)`; a planted W&B API key appears nowhere in
   what a run writes.
 - `scripts/eval.py trainer=ddp_cpu` on a split of 23 images gives the single-process metrics to 1e-6.
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -27,6 +29,7 @@ import helpers
 import lightning as L
 import pytest
 import torch
+from slurm_support import SLURM_CPU, array_task, finish, slurm_command, start_sweep, wait_until
 from test_reliability_support import (
     hydra_job,
     load,
@@ -108,8 +111,15 @@ def _last_ckpt(log_dir: Path) -> Callable[[], Path | None]:
 @pytest.fixture(scope="module")
 def uninterrupted(fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The reference: the same run, never stopped."""
-    log_dir = tmp_path_factory.mktemp("uninterrupted")
-    run_dir = train_here(_overrides(fashiondet_small_root, log_dir))
+
+    def train() -> dict[str, Any]:
+        return {
+            "run_dir": str(
+                train_here(_overrides(fashiondet_small_root, tmp_path_factory.mktemp("uninterrupted")))
+            )
+        }
+
+    run_dir = Path(helpers.once_per_session(tmp_path_factory, "uninterrupted", train)["run_dir"])
     return {"run_dir": run_dir, "last": load(run_dir / "checkpoints" / "last.ckpt")}
 
 
@@ -195,22 +205,26 @@ def test_kill9_mid_epoch_then_resume_last_matches_uninterrupted_run(
 def preempted(fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A run (W&B offline + CSV, a W&B API key in its environment) sent SIGTERM after its first
     periodic checkpoint."""
-    tmp_path = tmp_path_factory.mktemp("preempted")
-    log_dir = tmp_path / "logs"
-    overrides = _overrides(fashiondet_small_root, log_dir, "logger=default")
-    proc, out = _start(overrides, tmp_path, WANDB_API_KEY=FAKE_WANDB_KEY)
-    ckpt = _wait_for(_last_ckpt(log_dir), proc, out, timeout=150)
-    periodic = ckpt.stat().st_ino
-    proc.send_signal(signal.SIGTERM)
-    returncode = proc.wait(timeout=90)
-    return {
-        "returncode": returncode,
-        "periodic_inode": periodic,
-        "output": out.read_text(),
-        "run_dir": ckpt.parent.parent,
-        "overrides": overrides,
-        "tmp_path": tmp_path,
-    }
+
+    def stop() -> dict[str, Any]:
+        tmp_path = tmp_path_factory.mktemp("preempted")
+        log_dir = tmp_path / "logs"
+        overrides = _overrides(fashiondet_small_root, log_dir, "logger=default")
+        proc, out = _start(overrides, tmp_path, WANDB_API_KEY=FAKE_WANDB_KEY)
+        ckpt = _wait_for(_last_ckpt(log_dir), proc, out, timeout=150)
+        periodic = ckpt.stat().st_ino
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=90)
+        return {
+            "returncode": returncode,
+            "periodic_inode": periodic,
+            "output": out.read_text(),
+            "run_dir": str(ckpt.parent.parent),
+            "tmp_path": str(tmp_path),
+        }
+
+    result = helpers.once_per_session(tmp_path_factory, "preempted", stop)
+    return {**result, "run_dir": Path(result["run_dir"]), "tmp_path": Path(result["tmp_path"])}
 
 
 @pytest.mark.slow
@@ -227,19 +241,84 @@ def test_sigterm_saves_last_checkpoint_and_exits_cleanly(preempted: dict[str, An
     assert not (preempted["run_dir"] / "metrics.json").exists()  # stopped, not finished
 
 
+# ------------------------------------------------------------------------------------ on SLURM
+@pytest.fixture(scope="module")
+def stopped_on_slurm(
+    slurm: dict[str, str], fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The uninterrupted run's training as two SLURM jobs of one sweep: job 0 preempted
+    (`scontrol requeue`: SIGTERM, back to the queue), job 1 given the time-limit warning (USR2, as
+    `--signal=USR2@signal_delay_s` sends it), each once its step-4 checkpoint is written."""
+
+    def stop_two_jobs() -> dict[str, Any]:
+        tmp_path = tmp_path_factory.mktemp("stopped_on_slurm")
+        sweep_dir = tmp_path / "sweep"
+        overrides = [
+            *_overrides(fashiondet_small_root, tmp_path / "logs"),
+            "launcher=submitit_slurm",
+            *(f"{k}={v}" for k, v in SLURM_CPU.items()),
+            f"hydra.sweep.dir={sweep_dir}",
+            "+slurm_case=preempted,time_limit",  # a label: both train as the uninterrupted run
+        ]
+        proc = start_sweep(overrides, tmp_path, slurm)
+        for index, stop in ((0, ["scontrol", "requeue"]), (1, ["scancel", "--signal=USR2"])):
+            checkpoint = sweep_dir / str(index) / "checkpoints" / "last.ckpt"
+            wait_until(f"job {index}'s step-4 checkpoint", checkpoint.is_file, sweep_dir, slurm, timeout=240)
+            # sent now: slurmctld's own timer would send the warning up to 30 s late
+            slurm_command(slurm, *stop, array_task(sweep_dir, index))
+        output = finish(proc, timeout=400)
+        assert proc.returncode == 0, output[-6000:]
+        return {"jobs": [str(sweep_dir / str(i)) for i in range(2)]}
+
+    jobs = [
+        Path(job)
+        for job in helpers.once_per_session(tmp_path_factory, "stopped_on_slurm", stop_two_jobs)["jobs"]
+    ]
+    return {
+        "jobs": jobs,
+        "logs": [(job / "train.log").read_text() for job in jobs],
+        "last": [load(job / "checkpoints" / "last.ckpt") for job in jobs],
+    }
+
+
+def _saved_mid_epoch(log: str, run_dir: Path) -> int:
+    saved = re.search(
+        rf"SIGTERM: saved {re.escape(str(run_dir))}/checkpoints/last.ckpt at global step (\d+)", log
+    )
+    assert saved, log[-4000:]
+    step = int(saved.group(1))
+    assert EVERY <= step < EPOCHS * STEPS_PER_EPOCH and step % STEPS_PER_EPOCH != 0, "not mid-epoch"
+    return step
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_job_requeued_in_its_run_dir_resumes_and_matches_uninterrupted_run(
-    preempted: dict[str, Any], uninterrupted: dict[str, Any]
+@pytest.mark.timeout(900)
+def test_preempted_slurm_job_continues_and_ends_with_the_uninterrupted_weights(
+    stopped_on_slurm: dict[str, Any], uninterrupted: dict[str, Any]
 ) -> None:
-    run_dir = preempted["run_dir"]
-    stopped_at = load(run_dir / "checkpoints" / "last.ckpt")["global_step"]
-    # as a SLURM requeue through submitit: the same job, in the same directory, no ckpt_path
-    overrides = [o for o in preempted["overrides"] if o != "logger=default"]
-    assert train_here([*overrides, f"hydra.run.dir={run_dir}"]) == run_dir
-    resumed = load(run_dir / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == EPOCHS * STEPS_PER_EPOCH > stopped_at
+    log, run_dir = stopped_on_slurm["logs"][0], stopped_on_slurm["jobs"][0]
+    _saved_mid_epoch(log, run_dir)
+    assert "(a requeued job): resuming from it" in log  # SLURM started it again, in its own folder
+    assert (run_dir / "metrics.json").is_file() and not (run_dir / "error.txt").exists()
+    resumed = stopped_on_slurm["last"][0]
+    assert resumed["global_step"] == EPOCHS * STEPS_PER_EPOCH
     _assert_same_weights(resumed, uninterrupted["last"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_slurm_time_limit_warning_checkpoints_then_requeues_and_ends_with_the_uninterrupted_weights(
+    stopped_on_slurm: dict[str, Any], uninterrupted: dict[str, Any]
+) -> None:
+    log, run_dir = stopped_on_slurm["logs"][1], stopped_on_slurm["jobs"][1]
+    warned = log.index("SIGUSR2: the SLURM time limit is near")
+    step = _saved_mid_epoch(log[warned:], run_dir)
+    saved = log.index(f"at global step {step}", warned)
+    requeued = log.index("Requeued SLURM job", warned)
+    resumed = log.index("(a requeued job): resuming from it", warned)
+    assert warned < saved < requeued < resumed  # the checkpoint first, then the requeue, then the restart
+    assert stopped_on_slurm["last"][1]["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    _assert_same_weights(stopped_on_slurm["last"][1], uninterrupted["last"])
 
 
 # ------------------------------------------------------------------------------------ safety
