@@ -22,17 +22,25 @@ free_port() {
 }
 
 install() {
+    # one install at a time (two pytest workers may start a cluster each); the others then find it
+    exec 9>"${TMPDIR:-/tmp}/slurm_cluster.install.lock"
+    flock 9
     local missing=()
     for binary in slurmctld slurmd sbatch munged; do
         command -v "$binary" >/dev/null || missing+=("$binary")
     done
-    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ ${#missing[@]} -eq 0 ]; then
+        exec 9>&-
+        return 0
+    fi
     [ "$(id -u)" -eq 0 ] || cannot "${missing[*]} not installed and not root (apt-get install ${PACKAGES[*]})"
     command -v apt-get >/dev/null || cannot "${missing[*]} not installed and no apt-get"
     echo "slurm_cluster: installing ${PACKAGES[*]} with apt-get" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >&2 \
-        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >&2; } \
+    local apt=(apt-get -y -q -o DPkg::Lock::Timeout=300)
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install --no-install-recommends "${PACKAGES[@]}" >&2 \
+        || { "${apt[@]}" update >&2 && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install --no-install-recommends "${PACKAGES[@]}" >&2; } \
         || cannot "apt-get install ${PACKAGES[*]} failed"
+    exec 9>&-
 }
 
 write_conf() {
