@@ -5,6 +5,8 @@ Optuna study kept in its storage file, and a sweep of DDP jobs; one W&B run per 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,26 @@ def test_sweep_over_learning_rates_goes_on_after_a_failing_job(
     assert [p.name for p in _job_dirs(sweep_dir)] == ["0", "1", "2", "3"]
     assert OmegaConf.load(sweep_dir / "3" / ".hydra" / "config.yaml").model.optimizer.lr == 0.003
     assert read_metrics(sweep_dir / "3")["global_step"] == 1
+    assert not list(sweep_dir.glob("*/running.json"))  # ended jobs, failed or not, leave no owner
+
+    # a job that is still running (here: owned by this live process) is not started a second time
+    (sweep_dir / "4" / ".hydra").mkdir(parents=True)
+    overrides = OmegaConf.load(sweep_dir / "3" / ".hydra" / "overrides.yaml")  # as Hydra writes them
+    overrides = [o.replace("model.optimizer.lr=0.003", "model.optimizer.lr=0.005") for o in overrides]
+    (sweep_dir / "4" / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": None}
+    (sweep_dir / "4" / "running.json").write_text(json.dumps(owner))
+    refused = run_script(
+        "train",
+        [*common, "model.optimizer.lr=0.005", f"hydra.sweep.dir={sweep_dir}"],
+        tmp_path,
+        timeout=300,
+        multirun=True,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "Job 4 (" in refused.stderr and f"is still running: process {os.getpid()} on" in refused.stderr
+    assert not (sweep_dir / "4" / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -34,6 +34,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from detection.runtime import job_owner
+
 log = logging.getLogger(__name__)
 
 
@@ -200,8 +202,11 @@ def job(pipeline: Callable[[DictConfig], T]) -> Callable[[DictConfig], T | float
     @functools.wraps(pipeline)
     def wrapped(cfg: DictConfig) -> T | float:
         apply_extras(cfg)
+        # a resumed sweep must not start a job again while it still runs (see job_owner)
+        marked = _in_multirun() and rank_zero_only.rank == 0
         try:
-            return pipeline(cfg)
+            with job_owner.running(cfg.paths.output_dir) if marked else contextlib.nullcontext():
+                return pipeline(cfg)
         except Exception as error:
             if not _in_multirun():
                 exit_on_user_error(error)  # a user's mistake: its message, no traceback

@@ -8,7 +8,9 @@ its overrides (in any order), not by its number:
 - a job whose folder holds `metrics.json` finished: it is not launched again;
 - a job whose folder exists without it was interrupted: it runs again in that folder, where it
   continues from `checkpoints/last.ckpt` by itself (`detection.runtime.checkpoints.requeued_checkpoint`);
-- any other job runs in a new folder, numbered after the highest one there.
+- any other job runs in a new folder, numbered after the highest one there;
+- a job still running elsewhere (`detection.runtime.job_owner`: its SLURM job queued or running, its
+  process alive on this machine) stops the sweep with an error instead of being started twice.
 
 It launches through the configured launcher (local or `launcher=submitit_slurm`) and is otherwise
 the basic sweeper (its `max_batch_size` and `params`). Hydra looks for sweepers in this namespace
@@ -25,6 +27,8 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+
+from detection.runtime.job_owner import live_owner
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,12 @@ class ResumableSweeper(BasicSweeper):
                     log.info("Job %s finished before (%s): not run again", job_dir.name, " ".join(job))
                     continue
                 if job_dir is not None:
+                    owner = live_owner(job_dir)
+                    if owner is not None:
+                        raise ValueError(
+                            f"Job {job_dir.name} ({' '.join(job)}) is still running: {owner}. Wait for it to "
+                            "end, or stop it, then run the sweep again"
+                        )
                     log.info("Job %s was interrupted: continuing it in %s", job_dir.name, job_dir)
                     subdir = job_dir.name
                 else:
