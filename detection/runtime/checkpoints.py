@@ -25,6 +25,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 
+from detection.runtime.job_owner import process_alive
+
 log = logging.getLogger(__name__)
 
 
@@ -104,19 +106,9 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Temporary files of `path` left by writers that were killed (kill -9 cannot clean up)."""
     for tmp in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
         pid = tmp.name[len(path.name) + 2 :].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def _fsync_dir(folder: Path) -> None:

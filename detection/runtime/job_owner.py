@@ -74,7 +74,7 @@ def live_owner(run_dir: str | Path) -> str | None:
             return f"SLURM job {job_id} (squeue cannot say if it still runs; scancel it or remove {path})"
         return f"SLURM job {job_id} ({state})" if state in SLURM_ALIVE_STATES else None
     if owner.get("host") == socket.gethostname():
-        return f"process {owner['pid']} on {owner['host']}" if _alive(int(owner["pid"])) else None
+        return f"process {owner['pid']} on {owner['host']}" if process_alive(int(owner["pid"])) else None
     return f"process {owner.get('pid')} on {owner.get('host')} (another machine: stop it, or remove {path})"
 
 
@@ -94,11 +94,12 @@ def _slurm_state(job_id: str) -> str | None:
     return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # someone else's process
     return True
