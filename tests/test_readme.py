@@ -29,9 +29,9 @@ Special rules: `make test ...` is the command running this test: skipped. `make 
 runs as `python scripts/train.py ...`, the Makefile's recipe (asserted below). Another `make
 <target>` (lint, format: they act on the whole checkout) runs as `make -n <target>`: the target
 exists. Commands that need hardware or a cluster this machine lacks (`trainer=gpu`, `trainer=ddp`,
-`trainer=multinode`, `launcher=submitit_slurm`) run with Hydra's `--cfg job` (and without `-m`,
-which Hydra refuses next to `--cfg`): their config still composes, and the printed config holds
-their overrides.
+`trainer=multinode`, `launcher=submitit_slurm`) are composed in this process as Hydra's `--cfg job`
+would print them (a sweep: its first job; a `torchrun` node: its script's overrides): their config
+still composes, and holds their overrides. tests/test_slurm.py runs the README's SLURM sweep for real.
 
 Placeholders are replaced by what an earlier command of the test produced:
 `logs/<task>/runs/<run>` and `ckpt_path=last` by a run of that task (the one the README's `make
@@ -60,6 +60,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -89,6 +90,7 @@ PRODUCERS = {
 DATA_PLACEHOLDER = re.compile(r"/path/to/[\w.-]+")
 SMALL_DATASET = "/path/to/dataset"
 FILE_LAYOUTS = ("coco", "voc", "yolo")  # data sets of files: no generator to set
+_HYDRA_LOCK = threading.Lock()
 # Overrides that ask for hardware or a cluster: composed only (`--cfg job`).
 NEEDS_HARDWARE = ("trainer=gpu", "trainer=ddp", "trainer=multinode", "launcher=submitit_slurm")
 # Fashion-MNIST pretraining in a few seconds.
@@ -434,7 +436,7 @@ class Runner:
             elif _needs_hardware(arguments):
                 # composed only: a sweep's first job (tests/test_slurm.py runs the SLURM sweep for real)
                 single = [_first_of_sweep(a) for a in arguments if a not in ("-m", "--multirun")]
-                arguments = [*single, "--cfg", "job"]
+                return self._compose(outcome, script, single)
             elif script == "train":
                 arguments += self._train_settings(arguments, quiet=command.text != PRODUCERS["fashiondet"])
             elif script in ("eval", "predict"):
@@ -459,6 +461,27 @@ class Runner:
         outcome.before = _runs(outcome.cwd)
         started = time.perf_counter()
         outcome.result = run_script(script, arguments, outcome.cwd, timeout=TIMEOUT, check=False)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _compose(self, outcome: Outcome, script: str, arguments: list[str]) -> Outcome:
+        """What `scripts/<script>.py arguments --cfg job` prints, composed in this process (a
+        subprocess would spend seconds importing torch to print a config)."""
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        assert (SCRIPTS / f"{script}.py").is_file(), f"README names scripts/{script}.py, which is missing"
+        outcome.argv = [f"scripts/{script}.py", *arguments, "--cfg", "job"]
+        started = time.perf_counter()
+        with _HYDRA_LOCK:  # Hydra's global state: one composition at a time
+            try:
+                with initialize_config_dir(config_dir=str(helpers.CONF_DIR), version_base="1.3"):
+                    text = OmegaConf.to_yaml(compose(config_name=script, overrides=arguments))
+                outcome.result = subprocess.CompletedProcess(outcome.argv, 0, text, "")
+            except Exception as error:  # a composition error, as the script would print it
+                outcome.result = subprocess.CompletedProcess(
+                    outcome.argv, 1, "", f"{type(error).__name__}: {error}"
+                )
         outcome.seconds = time.perf_counter() - started
         return outcome
 
@@ -713,9 +736,11 @@ def test_every_bash_line_is_a_runnable_command() -> None:
     assert COMMANDS, "README.md has no ```bash block"
     for command in COMMANDS:
         tokens = _tokens(command)
+        if tokens[0] == "torchrun":  # one node of several: `torchrun --flags... scripts/<script>.py ...`
+            tokens = ["python", *[t for t in tokens[1:] if not t.startswith("--")]]
         assert tokens[0] == "make" or (tokens[0] == "python" and tokens[1].startswith("scripts/")), (
-            f"README.md:{command.line}: `{command.text}` is neither `python scripts/...` nor `make ...`;"
-            " put it outside a ```bash block"
+            f"README.md:{command.line}: `{command.text}` is neither `python scripts/...`, `torchrun ... "
+            "scripts/...` nor `make ...`; put it outside a ```bash block"
         )
         if tokens[0] == "python":
             assert (REPO / tokens[1]).is_file(), f"README.md:{command.line}: no {tokens[1]}"
