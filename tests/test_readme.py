@@ -105,7 +105,7 @@ TOOL_FLAGS = {
     "benchmark": "--heads fcos --backbones resnet18 --images 2 --runs 1 --warmup 0",
     "benchmark_heads": "--size 64 --fpn-channels 32 --num-classes 10 --proposals 50 --runs 1 --warmup 0",
     # one variant that needs a pretraining run and one that needs none (the tool runs only the
-    # pretrainings its variants start from); tests/test_research_scripts.py runs all eight
+    # pretrainings its variants start from); tests/test_research_scripts.py runs four others
     "transfer_study": "--seeds 0 --variants fashion_mnist,imagenet",
     "profile_backbone": "--backbones resnet18 --batch-sizes 1 --size 64 --steps 1 --warmup 0 --threads 1",
     "export": "--heads fcos --data-root {data} --images 2 --threads 1",
