@@ -29,9 +29,10 @@ Special rules: `make test ...` is the command running this test: skipped. `make 
 runs as `python scripts/train.py ...`, the Makefile's recipe (asserted below). Another `make
 <target>` (lint, format: they act on the whole checkout) runs as `make -n <target>`: the target
 exists. Commands that need hardware or a cluster this machine lacks (`trainer=gpu`, `trainer=ddp`,
-`trainer=multinode`, `launcher=submitit_slurm`) are composed in this process as Hydra's `--cfg job`
-would print them (a sweep: its first job; a `torchrun` node: its script's overrides): their config
-still composes, and holds their overrides. tests/test_slurm.py runs the README's SLURM sweep for real.
+`trainer=multinode`, `launcher=submitit_slurm`), and `trainer=ddp_cpu` (tests/test_train_ddp.py and
+others run it), are composed in this process as Hydra's `--cfg job` would print them (a sweep: its
+first job; a `torchrun` node: its script's overrides): their config still composes, and holds their
+overrides. tests/test_slurm.py runs the README's SLURM sweep for real.
 
 Placeholders are replaced by what an earlier command of the test produced:
 `logs/<task>/runs/<run>` and `ckpt_path=last` by a run of that task (the one the README's `make
@@ -93,6 +94,9 @@ FILE_LAYOUTS = ("coco", "voc", "yolo")  # data sets of files: no generator to se
 _HYDRA_LOCK = threading.Lock()
 # Overrides that ask for hardware or a cluster: composed only (`--cfg job`).
 NEEDS_HARDWARE = ("trainer=gpu", "trainer=ddp", "trainer=multinode", "launcher=submitit_slurm")
+# Composed only as well, because other tests run them for real (and the suite's time is bounded):
+# two CPU processes under DDP (tests/test_train_ddp.py and five more).
+RUN_ELSEWHERE = ("trainer=ddp_cpu",)
 # Fashion-MNIST pretraining in a few seconds.
 PRETRAIN_SMALL = [
     *helpers.PRETRAIN_SMALL,
@@ -210,7 +214,7 @@ def _needed_runs(tokens: list[str]) -> set[str]:
 
 
 def _needs_hardware(tokens: list[str]) -> bool:
-    return any(token in NEEDS_HARDWARE for token in tokens)
+    return any(token in NEEDS_HARDWARE + RUN_ELSEWHERE for token in tokens)
 
 
 def _first_of_sweep(token: str) -> str:
@@ -625,7 +629,8 @@ def _check_composed(outcome: Outcome, arguments: list[str]) -> None:
     config = yaml.safe_load(outcome.result.stdout)
     assert isinstance(config, dict) and "trainer" in config, report
     if "trainer.accelerator" not in _overrides(arguments):  # a CPU-only SLURM sweep names its own
-        assert config["trainer"]["accelerator"] == "gpu", report
+        expected = "cpu" if any(token in RUN_ELSEWHERE for token in arguments) else "gpu"
+        assert config["trainer"]["accelerator"] == expected, report
     for key, value in _overrides(arguments).items():
         if "." in key and not key.startswith("hydra."):
             node: Any = config

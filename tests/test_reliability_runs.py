@@ -49,13 +49,13 @@ EVERY = 4  # last.ckpt every 4 steps: steps 4 and 8 fall inside an epoch
 FAKE_WANDB_KEY = "f4ke5ecret0000111122223333444455556666aa"  # 40 hex digits, like a real key
 
 
-def _overrides(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
+def _overrides(data_root: Path, log_dir: Path, *extra: str, every: int = EVERY) -> list[str]:
     return tiny_overrides(
         data_root,
         log_dir,
         f"trainer.max_epochs={EPOCHS}",
         "test=false",
-        f"callbacks.last_checkpoint.every_n_train_steps={EVERY}",
+        f"callbacks.last_checkpoint.every_n_train_steps={every}",
         # pretrained, no warmup: after 12 steps the model finds a few objects (DDP metric test)
         "model.backbone.weights=imagenet",
         "model.scheduler.warmup_steps=0",
@@ -248,13 +248,15 @@ def stopped_on_slurm(
 ) -> dict[str, Any]:
     """The uninterrupted run's training as two SLURM jobs of one sweep: job 0 preempted
     (`scontrol requeue`: SIGTERM, back to the queue), job 1 given the time-limit warning (USR2, as
-    `--signal=USR2@signal_delay_s` sends it), each once its step-4 checkpoint is written."""
+    `--signal=USR2@signal_delay_s` sends it), each once its first checkpoint is written."""
 
     def stop_two_jobs() -> dict[str, Any]:
         tmp_path = tmp_path_factory.mktemp("stopped_on_slurm")
         sweep_dir = tmp_path / "sweep"
         overrides = [
-            *_overrides(fashiondet_small_root, tmp_path / "logs"),
+            # a last.ckpt every step: the signal goes as the first is written and lands within the
+            # epoch's six steps however slow the machine (checkpoints do not change the weights)
+            *_overrides(fashiondet_small_root, tmp_path / "logs", every=1),
             "launcher=submitit_slurm",
             *(f"{k}={v}" for k, v in SLURM_CPU.items()),
             f"hydra.sweep.dir={sweep_dir}",
@@ -263,7 +265,7 @@ def stopped_on_slurm(
         proc = start_sweep(overrides, tmp_path, slurm)
         for index, stop in ((0, ["scontrol", "requeue"]), (1, ["scancel", "--signal=USR2"])):
             checkpoint = sweep_dir / str(index) / "checkpoints" / "last.ckpt"
-            wait_until(f"job {index}'s step-4 checkpoint", checkpoint.is_file, sweep_dir, slurm, timeout=240)
+            wait_until(f"job {index}'s first checkpoint", checkpoint.is_file, sweep_dir, slurm, timeout=240)
             # sent now: slurmctld's own timer would send the warning up to 30 s late
             slurm_command(slurm, *stop, array_task(sweep_dir, index))
         output = finish(proc, timeout=400)
@@ -287,7 +289,7 @@ def _saved_mid_epoch(log: str, run_dir: Path) -> int:
     )
     assert saved, log[-4000:]
     step = int(saved.group(1))
-    assert EVERY <= step < EPOCHS * STEPS_PER_EPOCH and step % STEPS_PER_EPOCH != 0, "not mid-epoch"
+    assert 1 <= step < EPOCHS * STEPS_PER_EPOCH and step % STEPS_PER_EPOCH != 0, f"step {step}: not mid-epoch"
     return step
 
 

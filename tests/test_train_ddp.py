@@ -25,6 +25,8 @@ from helpers import (
 )
 from omegaconf import read_write
 
+from detection.training.callbacks.detections_json import DETECTIONS_FILE, GROUND_TRUTH_FILE
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
@@ -64,6 +66,12 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     assert checkpoint["global_step"] == 2
     assert int(checkpoint["averaging_state"]["n_averaged"]) == 2 and "current_model_state" in checkpoint
     assert Path(metrics["best_checkpoint"]).parent == run_dir / "checkpoints"
+    # the test detections of both ranks, gathered to rank 0: one batch of 4 canvases each, each once
+    ground_truth = json.loads((run_dir / GROUND_TRUTH_FILE).read_text())
+    image_ids = [image["id"] for image in ground_truth["images"]]
+    assert len(image_ids) == len(set(image_ids)) == 2 * 4
+    detections = json.loads((run_dir / DETECTIONS_FILE).read_text())
+    assert {d["image_id"] for d in detections} <= set(image_ids)
     # one W&B run, whose id run.json keeps for a resume
     (offline_run,) = wandb_offline_runs(run_dir)
     wandb_id = json.loads((run_dir / "run.json").read_text())["wandb_id"]
