@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detection.runtime.checkpoints import requeued_checkpoint, resolve_ckpt_path, run_dir_of
-from detection.runtime.launch import job_processes
+from detection.runtime.launch import METRICS_FILE, job_processes
 from detection.runtime.logging import (
     build_loggers,
     finish_loggers,
@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> float | None:
                 metrics.update(select_metrics(trainer.callback_metrics, ["test/"]))
             summary = _summary(trainer, metrics, run_dir, started)
             if trainer.is_global_zero:
-                (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+                (run_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2))
                 print_metrics_table(
                     {k: v for k, v in metrics.items() if "/AP/" not in k and not k.startswith("train/")},
                     run_dir,
@@ -110,7 +110,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             metrics = select_metrics(trainer.callback_metrics, ["test/"])
             if trainer.is_global_zero:
                 summary = {"checkpoint": ckpt_path, **metrics}
-                (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+                (run_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2))
                 print_metrics_table({k: v for k, v in metrics.items() if "/AP/" not in k}, run_dir)
         finally:
             finish_loggers(loggers)

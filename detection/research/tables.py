@@ -15,6 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from detection.runtime import launch  # noqa: F401  (${run_id:} and friends resolve)
+from detection.runtime.launch import METRICS_FILE
 
 Column = tuple[str, str, str]  # (row key, header, format spec such as ".3f"; "" for str())
 
@@ -71,8 +72,8 @@ def read_multirun(sweep_dir: str | Path) -> list[Job]:
             job.overrides = list(yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [])
         if (hydra_dir / "config.yaml").is_file():
             job.config = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
-        if (path / "metrics.json").is_file():
-            job.metrics = json.loads((path / "metrics.json").read_text())
+        if (path / METRICS_FILE).is_file():
+            job.metrics = json.loads((path / METRICS_FILE).read_text())
         if (path / "timing.json").is_file():
             job.timing = json.loads((path / "timing.json").read_text())
         if (path / "error.txt").is_file():

@@ -124,6 +124,9 @@ def exit_on_user_error(error: BaseException) -> None:
     raise SystemExit(1) from None
 
 
+# What a finished job leaves in its run directory (its summary); a resumed sweep skips such jobs.
+METRICS_FILE = "metrics.json"
+
 # Set for the DDP ranks > 0 of a multirun job: they run as single jobs but belong to a sweep (see job.py).
 MULTIRUN_JOB_ENV = "DETECTION_MULTIRUN_JOB"
 # What Lightning's subprocess launcher writes into the launching process's environment.

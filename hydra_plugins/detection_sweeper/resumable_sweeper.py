@@ -29,10 +29,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from detection.runtime.job_owner import live_owner
+from detection.runtime.launch import METRICS_FILE
 
 log = logging.getLogger(__name__)
-
-FINISHED_FILE = "metrics.json"
 
 
 def job_key(overrides: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -94,7 +93,7 @@ class ResumableSweeper(BasicSweeper):
             to_launch: list[list[str]] = []
             for job in batch:
                 job_dir = earlier.get(job_key(job))
-                if job_dir is not None and (job_dir / FINISHED_FILE).is_file():
+                if job_dir is not None and (job_dir / METRICS_FILE).is_file():
                     log.info("Job %s finished before (%s): not run again", job_dir.name, " ".join(job))
                     continue
                 if job_dir is not None:
