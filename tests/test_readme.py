@@ -20,9 +20,6 @@ must find its place by itself). The command runs as written, then *only* small s
   and predict the small data set.
 - `convert_data.py` and `inspect_data.py`: with `data=fashiondet` (their default) the small set,
   with a data set of files (`data=coco|voc|yolo`) nothing; `inspect_data.py` draws `num_images=4`.
-- a research tool: small values of its own flags (argparse keeps the last of a repeated flag), and
-  for the tools that train, the training settings above after `--` (but the backbone weights,
-  which they choose per job).
 - a setting is never appended when the command sets that key itself.
 
 Special rules: `make test ...` is the command running this test: skipped. `make train ARGS="..."`
@@ -33,6 +30,13 @@ exists. Commands that need hardware or a cluster this machine lacks (`trainer=gp
 others run it), are composed in this process as Hydra's `--cfg job` would print them (a sweep: its
 first job; a `torchrun` node: its script's overrides): their config still composes, and holds their
 overrides. tests/test_slurm.py runs the README's SLURM sweep for real.
+
+Checked without running (`TESTED_ELSEWHERE`, each naming the test that runs it for real, with
+assertions on what it makes): every research tool's commands (its own parser takes the flags; the
+Hydra overrides after `--` compose), and training commands that a test of their feature runs in the
+same settings (data layouts, sweeps, fine-tuning callbacks, resume): composed as above. A process
+start and a training each cost the suite time it has not got; a README line that changes runs here
+for real until it is mapped again.
 
 Placeholders are replaced by what an earlier command of the test produced:
 `logs/<task>/runs/<run>` and `ckpt_path=last` by a run of that task (the one the README's `make
@@ -54,6 +58,10 @@ them one by one).
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import importlib
+import io
 import json
 import os
 import pickle
@@ -67,6 +75,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import helpers
@@ -94,9 +103,44 @@ FILE_LAYOUTS = ("coco", "voc", "yolo")  # data sets of files: no generator to se
 _HYDRA_LOCK = threading.Lock()
 # Overrides that ask for hardware or a cluster: composed only (`--cfg job`).
 NEEDS_HARDWARE = ("trainer=gpu", "trainer=ddp", "trainer=multinode", "launcher=submitit_slurm")
+GPU_TRAINERS = ("trainer=gpu", "trainer=ddp", "trainer=multinode")
 # Composed only as well, because other tests run them for real (and the suite's time is bounded):
 # two CPU processes under DDP (tests/test_train_ddp.py and five more).
 RUN_ELSEWHERE = ("trainer=ddp_cpu",)
+# Commands that another test runs for real, with assertions on what they make, are checked here
+# without running them (each run costs a process start and a training; the suite's time is
+# bounded): a training command's config composes with its overrides, a research tool's flags parse
+# with its own parser (its Hydra overrides after `--` compose). Keyed by the command as written, or
+# by `scripts/<tool>.py` for every command of a tool; a changed README line runs here for real.
+_LAYOUTS = "test_data_convert.py::test_fashiondet_trains_and_scores_the_same_from_every_layout"
+_FINETUNING = "test_train_finetuning.py::" + (
+    "test_unfreeze_and_ema_run_stopped_mid_schedule_and_resumed_equals_uninterrupted_run"
+)
+_TOOLS = "test_research_scripts.py::test_"
+TESTED_ELSEWHERE = {
+    "python scripts/train.py data=coco data.root=/path/to/dataset": _LAYOUTS,
+    "python scripts/train.py data=voc data.root=/path/to/voc": _LAYOUTS,
+    "python scripts/train.py data=yolo data.root=/path/to/yolo": _LAYOUTS,
+    "python scripts/train.py experiment=pretrain_fashion_crops": "test_data_crops.py::"
+    "test_pretraining_on_fashion_crops_learns_and_its_backbone_loads_into_every_head",
+    'python scripts/train.py "callbacks=[default,ema]" callbacks.ema.decay=0.999': _FINETUNING,
+    'python scripts/train.py "callbacks=[default,backbone_unfreeze]" '
+    "callbacks.backbone_unfreeze.unfreeze_at_epoch=2": _FINETUNING,
+    "python scripts/train.py ckpt_path=last": "test_train_resume.py::"
+    "test_stopped_and_resumed_run_equals_uninterrupted_run",
+    "python scripts/train.py -m model.optimizer.lr=1e-3,3e-3": "test_train_sweeps.py::"
+    "test_sweep_over_learning_rates_goes_on_after_a_failing_job",
+    "python scripts/train.py -m hparams_search=fashiondet_optuna": "test_train_sweeps.py::"
+    "test_optuna_sweep_keeps_its_study_in_a_storage_file",
+    "scripts/benchmark.py": _TOOLS + "benchmark_tabulates_heads_and_compares_light_head",
+    "scripts/benchmark_heads.py": _TOOLS + "benchmark_heads_prints_both_heads_per_image",
+    "scripts/transfer_study.py": _TOOLS + "transfer_study_pretrains_then_compares_backbone_starts",
+    "scripts/profile_backbone.py": _TOOLS + "profile_backbone_writes_table_and_plot",
+    "scripts/export.py": _TOOLS + "export_fcos_matches_onnxruntime_on_fashiondet_images",
+    "scripts/overhead.py": _TOOLS + "overhead_prints_the_ratio_and_both_loops_agree",
+    "scripts/precision_check.py": "test_research_precision.py::"
+    "test_precision_check_scores_a_checkpoint_per_precision",
+}
 # Fashion-MNIST pretraining in a few seconds.
 PRETRAIN_SMALL = [
     *helpers.PRETRAIN_SMALL,
@@ -104,28 +148,6 @@ PRETRAIN_SMALL = [
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
 ]
-# The research tools' own flags, smallest setting; `{data}` is the small FashionDet set.
-TOOL_FLAGS = {
-    "benchmark": "--heads fcos --backbones resnet18 --images 2 --runs 1 --warmup 0",
-    "benchmark_heads": "--size 64 --fpn-channels 32 --num-classes 10 --proposals 50 --runs 1 --warmup 0",
-    # one variant that needs a pretraining run and one that needs none (the tool runs only the
-    # pretrainings its variants start from); tests/test_research_scripts.py runs four others
-    "transfer_study": "--seeds 0 --variants fashion_mnist,imagenet",
-    "profile_backbone": "--backbones resnet18 --batch-sizes 1 --size 64 --steps 1 --warmup 0 --threads 1",
-    "export": "--heads fcos --data-root {data} --images 2 --threads 1",
-    "overhead": "--data-root {data} --preset small --steps 2 --batch-size 2 --repeats 1 --weights none",
-    "precision_check": "--data-root {data} --grid 2 --images 8 --threads 1",
-}
-# What each research tool must write (a Markdown table) or print.
-TOOL_TABLES = {
-    "benchmark": "benchmark.md",
-    "transfer_study": "transfer_study.md",
-    "profile_backbone": "profile_backbone.md",
-    "export": "export.md",
-    "overhead": "overhead.md",
-    "precision_check": "precision_check.md",
-}
-TOOL_PRINTS = {"benchmark_heads": "ratio LH/F"}
 
 
 # ------------------------------------------------------------------------------------ the README
@@ -213,6 +235,21 @@ def _needed_runs(tokens: list[str]) -> set[str]:
     return tasks
 
 
+def _tested_elsewhere(command: Command) -> str | None:
+    """The test (`<file>::<name>` under tests/) that runs `command` for real, if another does."""
+    script = next((t for t in _tokens(command) if t.startswith("scripts/")), "")
+    return TESTED_ELSEWHERE.get(command.text) or TESTED_ELSEWHERE.get(script)
+
+
+def _tool_module(script: str) -> ModuleType | None:
+    """The `detection.research` module a research tool's shim runs (its first import), else None."""
+    tree = ast.parse((SCRIPTS / f"{script}.py").read_text())
+    first = next((n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))), None)
+    if isinstance(first, ast.ImportFrom) and (first.module or "").startswith("detection.research."):
+        return importlib.import_module(first.module)
+    return None
+
+
 def _needs_hardware(tokens: list[str]) -> bool:
     return any(token in NEEDS_HARDWARE + RUN_ELSEWHERE for token in tokens)
 
@@ -252,6 +289,7 @@ class Outcome:
     error: str | None = None  # the runner itself failed (a placeholder without its producer, ...)
     before: set[Path] = field(default_factory=set)  # the run directories before it ran
     given: dict[str, Path] = field(default_factory=dict)  # task -> the run its placeholders stand for
+    elsewhere: str | None = None  # the test that runs the command for real (checked here unrun)
 
 
 def _runs(cwd: Path) -> set[Path]:
@@ -369,8 +407,6 @@ class Runner:
         overrides = _overrides(arguments)
         if overrides.get("experiment") == "pretrain_fashion_mnist":
             settings = [*PRETRAIN_SMALL, "trainer.max_epochs=1"]
-        elif overrides.get("experiment") == "pretrain_fashion_crops":
-            settings = [*PRETRAIN_SMALL, "trainer.max_epochs=1", *self._crops_settings()]
         else:
             settings = [
                 s
@@ -384,10 +420,6 @@ class Runner:
             settings.append("hydra.sweeper.n_trials=2")
         return _add_missing(arguments, [*settings, *(QUIET if quiet else [])])
 
-    def _crops_settings(self) -> list[str]:
-        """FashionCrops from the small FashionDet set (its preset, so nothing is rewritten)."""
-        return [f"data.crops.root={self.data_root}", "data.crops.generate.preset=small"]
-
     def _data_settings(self, script: str, arguments: list[str]) -> list[str]:
         """convert_data / inspect_data: the small FashionDet set for `data=fashiondet` (their default)."""
         settings = ["num_images=4"] if script == "inspect_data" else []
@@ -398,20 +430,6 @@ class Runner:
                 "data.generate.workers=1",
             ]
         return _add_missing(arguments, settings)
-
-    def _tool_arguments(self, script: str, arguments: list[str]) -> list[str]:
-        cut = arguments.index("--") if "--" in arguments else len(arguments)
-        own, overrides = arguments[:cut], arguments[cut + 1 :]
-        flags = shlex.split(TOOL_FLAGS[script].format(data=self.data_root))
-        if script == "transfer_study":
-            pretraining = [*PRETRAIN_SMALL, "trainer.max_epochs=1", *QUIET]
-            flags += ["--pretrain-overrides", shlex.join(pretraining)]
-            flags += ["--crops-overrides", " ".join(self._crops_settings())]
-        if script not in ("benchmark", "transfer_study"):
-            return [*own, *flags, *arguments[cut:]]
-        # the tools set the backbone weights of each job themselves: those stay
-        train = [s for s in self._train_settings(overrides) if not s.startswith("model.backbone.weights=")]
-        return [*own, *flags, "--", *overrides, *train]
 
     # -- one command
     def run(self, command: Command) -> Outcome:
@@ -430,14 +448,19 @@ class Runner:
                 tokens = ["python", *tokens[script_at:]]
             assert tokens[0] == "python" and tokens[1].startswith("scripts/"), command.text
             script = Path(tokens[1]).stem
+            outcome.elsewhere = _tested_elsewhere(command)
+            if outcome.elsewhere and _tool_module(script) is not None:
+                return self._parse(outcome, script, tokens[2:])
+            if outcome.elsewhere:  # composed: a sweep's first job
+                return self._compose(outcome, script, [_first_of_sweep(a) for a in tokens[2:] if a != "-m"])
             outcome.cwd = cwd = self.base / f"line{command.line}"
             cwd.mkdir()
             for task in _needed_runs(tokens):
                 outcome.given[task] = self._run_of(task, cwd)
             arguments = [self._substitute(command, t, cwd) for t in tokens[2:]]
-            if script in TOOL_FLAGS:
-                arguments = self._tool_arguments(script, arguments)
-            elif _needs_hardware(arguments):
+            if _tool_module(script) is not None:
+                raise LookupError(f"scripts/{script}.py: a research tool's test must be in TESTED_ELSEWHERE")
+            if _needs_hardware(arguments):
                 # composed only: a sweep's first job (tests/test_slurm.py runs the SLURM sweep for real)
                 single = [_first_of_sweep(a) for a in arguments if a not in ("-m", "--multirun")]
                 return self._compose(outcome, script, single)
@@ -471,22 +494,33 @@ class Runner:
     def _compose(self, outcome: Outcome, script: str, arguments: list[str]) -> Outcome:
         """What `scripts/<script>.py arguments --cfg job` prints, composed in this process (a
         subprocess would spend seconds importing torch to print a config)."""
-        from hydra import compose, initialize_config_dir
-        from omegaconf import OmegaConf
-
         assert (SCRIPTS / f"{script}.py").is_file(), f"README names scripts/{script}.py, which is missing"
         outcome.argv = [f"scripts/{script}.py", *arguments, "--cfg", "job"]
         started = time.perf_counter()
-        with _HYDRA_LOCK:  # Hydra's global state: one composition at a time
-            try:
-                with initialize_config_dir(config_dir=str(helpers.CONF_DIR), version_base="1.3"):
-                    text = OmegaConf.to_yaml(compose(config_name=script, overrides=arguments))
-                outcome.result = subprocess.CompletedProcess(outcome.argv, 0, text, "")
-            except Exception as error:  # a composition error, as the script would print it
-                outcome.result = subprocess.CompletedProcess(
-                    outcome.argv, 1, "", f"{type(error).__name__}: {error}"
-                )
+        outcome.result = _composed(script, arguments, outcome.argv)
         outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _parse(self, outcome: Outcome, script: str, arguments: list[str]) -> Outcome:
+        """A research tool's flags parsed by the tool's own parser (argparse prints its error and exits
+        2 on a flag it does not know), and the training overrides after `--` composed."""
+        tool = _tool_module(script)
+        assert tool is not None
+        cut = arguments.index("--") if "--" in arguments else len(arguments)
+        outcome.argv = [f"scripts/{script}.py", *arguments]
+        errors = io.StringIO()
+        with _HYDRA_LOCK, contextlib.redirect_stderr(errors):  # the streams are the process's
+            try:
+                parsed = tool.parse_args(arguments[:cut])
+            except SystemExit as exited:
+                code = exited.code if isinstance(exited.code, int) else 1
+                outcome.result = subprocess.CompletedProcess(outcome.argv, code, "", errors.getvalue())
+                return outcome
+        outcome.result = subprocess.CompletedProcess(outcome.argv, 0, f"{parsed}\n", "")
+        if arguments[cut + 1 :]:
+            composed = _composed("train", arguments[cut + 1 :], outcome.argv)
+            if composed.returncode != 0:
+                outcome.result = composed
         return outcome
 
     def _make(self, outcome: Outcome, tokens: list[str]) -> Outcome:
@@ -498,6 +532,21 @@ class Runner:
         outcome.result = subprocess.run(outcome.argv, cwd=REPO, capture_output=True, text=True, timeout=60)
         outcome.seconds = time.perf_counter() - started
         return outcome
+
+
+def _composed(script: str, arguments: list[str], argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """The config of `scripts/<script>.py arguments` as YAML (exit status 1 and the error if it does
+    not compose)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with _HYDRA_LOCK:  # Hydra's global state: one composition at a time
+        try:
+            with initialize_config_dir(config_dir=str(helpers.CONF_DIR), version_base="1.3"):
+                text = OmegaConf.to_yaml(compose(config_name=script, overrides=arguments))
+            return subprocess.CompletedProcess(argv, 0, text, "")
+        except Exception as error:  # a composition error, as the script would print it
+            return subprocess.CompletedProcess(argv, 1, "", f"{type(error).__name__}: {error}")
 
 
 def _selected(session: pytest.Session) -> list[Command]:
@@ -513,6 +562,8 @@ def _selected(session: pytest.Session) -> list[Command]:
     needed, todo = set(chosen), list(chosen)
     while todo:  # the producers' own producers too (a converted set converted again)
         command = todo.pop()
+        if _tested_elsewhere(command):  # checked unrun: it needs nothing
+            continue
         more = {c for c in COMMANDS if c.text in {PRODUCERS.get(t) for t in _needed_runs(_tokens(command))}}
         more |= {c for c in COMMANDS if _written_data(c) in _needed_data(command)}
         if "<stamp>" in command.text:
@@ -628,15 +679,20 @@ def _check_composed(outcome: Outcome, arguments: list[str]) -> None:
     report = _report(outcome)
     config = yaml.safe_load(outcome.result.stdout)
     assert isinstance(config, dict) and "trainer" in config, report
-    if "trainer.accelerator" not in _overrides(arguments):  # a CPU-only SLURM sweep names its own
-        expected = "cpu" if any(token in RUN_ELSEWHERE for token in arguments) else "gpu"
-        assert config["trainer"]["accelerator"] == expected, report
+    # the hardware a trainer config asks for (a CPU-only SLURM sweep names its own accelerator)
+    asked = {t: "gpu" for t in GPU_TRAINERS} | {t: "cpu" for t in RUN_ELSEWHERE}
+    expected = [asked[t] for t in arguments if t in asked]
+    if expected and "trainer.accelerator" not in _overrides(arguments):
+        assert config["trainer"]["accelerator"] == expected[-1], report
     for key, value in _overrides(arguments).items():
         if "." in key and not key.startswith("hydra."):
             node: Any = config
             for part in key.split("."):
                 node = node[part]
-            assert node == yaml.safe_load(value), f"{key}: {node!r} != {value!r}\n{report}"
+            wanted = yaml.safe_load(value)
+            if isinstance(node, float) and isinstance(wanted, str):  # YAML 1.1 reads `1e-3` as text
+                wanted = float(wanted)
+            assert node == wanted, f"{key}: {node!r} != {value!r}\n{report}"
 
 
 def _converted_splits(outcome: Outcome, arguments: list[str]) -> tuple[Path, list[str]]:
@@ -706,12 +762,16 @@ def check(outcome: Outcome) -> None:
     result = outcome.result
     assert result is not None
     print(f"{outcome.seconds:.1f} s: {' '.join(outcome.argv)}")  # shown with -rP, or on failure
+    if outcome.elsewhere:
+        print(f"checked unrun; run by tests/{outcome.elsewhere}")
     assert result.returncode == 0, _report(outcome)
     script, arguments = Path(outcome.argv[0]).stem, outcome.argv[1:]
     if outcome.argv[0] == "make":
         assert "ruff" in result.stdout, _report(outcome)
     elif "--cfg" in arguments:
         _check_composed(outcome, arguments)
+    elif outcome.elsewhere:  # a research tool's parsed flags
+        assert result.stdout.startswith("Namespace("), _report(outcome)
     elif script == "train":
         _check_training(outcome, arguments)
     elif script == "eval":
@@ -727,11 +787,6 @@ def check(outcome: Outcome) -> None:
         _check_converted(outcome, arguments)
     elif script == "inspect_data":
         _check_inspected(outcome, arguments)
-    elif script in TOOL_TABLES:
-        tables = list(outcome.cwd.rglob(TOOL_TABLES[script]))  # a fresh directory: any table is new
-        assert len(tables) == 1 and "|" in tables[0].read_text(), _report(outcome)
-    elif script in TOOL_PRINTS:
-        assert TOOL_PRINTS[script] in result.stdout, _report(outcome)
     else:
         raise AssertionError(f"test_readme.py knows no product of scripts/{script}.py: add one")
 
@@ -757,6 +812,27 @@ def test_every_bash_line_is_a_runnable_command() -> None:
             assert any(_written_data(c) == name and c.line < command.line for c in COMMANDS), (
                 f"README.md:{command.line}: no earlier `convert_data.py ... out={name}` writes {name}"
             )
+
+
+def test_commands_checked_unrun_name_a_test_that_runs_them() -> None:
+    """Each TESTED_ELSEWHERE entry is a README command (or a tool a README command runs) and names
+    an existing test (for a tool: one that runs it); every research tool of the README has one."""
+    texts = {c.text for c in COMMANDS}
+    scripts = {t for c in COMMANDS for t in _tokens(c) if t.startswith("scripts/")}
+    for key, test in TESTED_ELSEWHERE.items():
+        assert key in texts | scripts, f"TESTED_ELSEWHERE names `{key}`, which the README no longer has"
+        file, name = test.split("::")
+        source = (REPO / "tests" / file).read_text()
+        found = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name]
+        assert found, f"TESTED_ELSEWHERE: no test tests/{test}"
+        tool = _tool_module(Path(key).stem) if key.startswith("scripts/") else None
+        if tool is not None:  # the test runs the script, or calls its module's main
+            body = ast.get_source_segment(source, found[0]) or ""
+            calls = (f'"{Path(key).name}"', f"{tool.__name__.rsplit('.', 1)[1]}.main(")
+            assert any(call in body for call in calls), f"tests/{test} runs no {key}"
+    for script in scripts:
+        if _tool_module(Path(script).stem) is not None:
+            assert script in TESTED_ELSEWHERE, f"{script}: name the test that runs it in TESTED_ELSEWHERE"
 
 
 def test_make_train_is_train_py() -> None:
