@@ -1,5 +1,6 @@
-"""Shared fixtures: the `small` FashionDet preset, generated once per test session; a one-node SLURM
-cluster (scripts/slurm_cluster.sh), one per pytest worker; `gpu` tests skip without CUDA."""
+"""Shared fixtures: the `small` FashionDet preset, generated once per test session; one `trainer=ddp_cpu`
+run that two tests read; a one-node SLURM cluster (scripts/slurm_cluster.sh), one per pytest worker;
+`gpu` tests skip without CUDA."""
 
 from __future__ import annotations
 
@@ -33,6 +34,40 @@ def fashiondet_small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from detection.data import make_fashiondet
 
     return make_fashiondet(tmp_path_factory.mktemp("fashiondet_small"), preset="small", seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def ddp_cpu_run(fashiondet_small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`trainer=ddp_cpu` (two processes, gloo): one epoch of two steps with `DDP_RUN`, the default
+    loggers (W&B offline, CSV) and dashboards, once per session. tests/test_train_ddp.py checks it
+    and resumes it (in `log_dir`, as a second run); tests/test_train_multinode.py trains the same on
+    two torchrun "nodes". Its run directory, log folder, probe folder and output (stdout, stderr)."""
+    from helpers import DDP_RUN, batch_norm_probe, once_per_session, run_script, single_run_dir, tiny
+
+    def train() -> dict[str, str]:
+        base = tmp_path_factory.mktemp("ddp_cpu_run")
+        log_dir = base / "logs"
+        result = run_script(
+            "train",
+            [
+                *tiny(fashiondet_small_root, log_dir),
+                *DDP_RUN,
+                *batch_norm_probe(base / "probe"),  # EfficientNet-Lite0 with trained BatchNorm (norm: bn)
+                "trainer=ddp_cpu",
+                "trainer.max_epochs=1",
+                "task_name=ddp",
+            ],
+            base,
+            timeout=500,
+        )
+        return {
+            "run_dir": str(single_run_dir(log_dir, "ddp")),  # rank 1 made no directory of its own
+            "log_dir": str(log_dir),
+            "probe": str(base / "probe"),
+            "output": result.stdout + result.stderr,
+        }
+
+    return once_per_session(tmp_path_factory, "ddp_cpu_run", train)
 
 
 @pytest.fixture(scope="session")

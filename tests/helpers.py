@@ -69,6 +69,17 @@ PRETRAIN_SMALL = [
     "extras.num_threads=1",
 ]
 
+# What the shared ddp_cpu run (conftest.ddp_cpu_run) trains with besides `tiny`: weight EMA, which
+# must run under DDP too.
+DDP_RUN = ["callbacks=[default,ema]", "callbacks.ema.decay=0.5", "callbacks.ema.warmup_steps=0"]
+
+
+def batch_norm_probe(folder: Path) -> list[str]:
+    """Overrides adding tests/batch_norm_probe.py: each rank's BatchNorm layers and statistics, into
+    files in `folder`."""
+    return ["+callbacks.probe._target_=batch_norm_probe.BatchNormProbe", f"+callbacks.probe.dirpath={folder}"]
+
+
 # Runs whose tests are not about logging or plots: the CSV logger only, no config tree, no dashboards.
 QUIET = ["extras.print_config=false", "logger=csv", "++callbacks.dashboards=null"]
 

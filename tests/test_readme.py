@@ -34,7 +34,7 @@ overrides. tests/test_slurm.py runs the README's SLURM sweep for real.
 Checked without running (`TESTED_ELSEWHERE`, each naming the test that runs it for real, with
 assertions on what it makes): every research tool's commands (its own parser takes the flags; the
 Hydra overrides after `--` compose), and training commands that a test of their feature runs in the
-same settings (data layouts, sweeps, fine-tuning callbacks, resume): composed as above. A process
+same settings (data layouts, sweeps, fine-tuning callbacks, resume, eval): composed as above. A process
 start and a training each cost the suite time it has not got; a README line that changes runs here
 for real until it is mapped again.
 
@@ -126,6 +126,9 @@ TESTED_ELSEWHERE = {
     'python scripts/train.py "callbacks=[default,ema]" callbacks.ema.decay=0.999': _FINETUNING,
     'python scripts/train.py "callbacks=[default,backbone_unfreeze]" '
     "callbacks.backbone_unfreeze.unfreeze_at_epoch=2": _FINETUNING,
+    "python scripts/eval.py ckpt_path=logs/fashiondet/runs/<run>/checkpoints/last.ckpt": (
+        "test_train_eval_predict.py::test_eval_repeats_the_training_test"
+    ),
     "python scripts/train.py ckpt_path=last": "test_train_resume.py::"
     "test_stopped_and_resumed_run_equals_uninterrupted_run",
     "python scripts/train.py -m model.optimizer.lr=1e-3,3e-3": "test_train_sweeps.py::"
@@ -451,8 +454,9 @@ class Runner:
             outcome.elsewhere = _tested_elsewhere(command)
             if outcome.elsewhere and _tool_module(script) is not None:
                 return self._parse(outcome, script, tokens[2:])
-            if outcome.elsewhere:  # composed: a sweep's first job
-                return self._compose(outcome, script, [_first_of_sweep(a) for a in tokens[2:] if a != "-m"])
+            if outcome.elsewhere:  # composed: a sweep's first job, a placeholder `<run>` as `run`
+                single = [re.sub(r"<([^<>\s]+)>", r"\1", _first_of_sweep(a)) for a in tokens[2:] if a != "-m"]
+                return self._compose(outcome, script, single)
             outcome.cwd = cwd = self.base / f"line{command.line}"
             cwd.mkdir()
             for task in _needed_runs(tokens):

@@ -196,7 +196,7 @@ def test_transfer_study_pretrains_then_compares_backbone_starts(
     study = tmp_path / "study"
     log_dir = tmp_path / "logs"
     # the variants of distinct code paths: a pretraining's checkpoint, none, a frozen backbone, EMA
-    # (the README's study runs the Fashion-MNIST pretraining and the ImageNet start)
+    # (the other pretrainings run as this one does: their overrides compose, tested below)
     variants = ["fashion_crops", "scratch", "imagenet_freeze4", "imagenet_ema"]
     _run(
         "transfer_study.py",
@@ -297,6 +297,24 @@ def test_transfer_study_pretrains_then_compares_backbone_starts(
     assert float(ema_row["test_mAP_std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-4)
     with pytest.raises(ValueError, match="imagenet_ema with seed 1 is in two jobs"):
         transfer.read_jobs(more / "multirun", [sweep, more / "multirun"])
+
+
+def test_every_pretraining_and_variant_of_the_transfer_study_composes() -> None:
+    """The study's pretrainings and detection jobs as it launches them (the test above runs one
+    pretraining and four variants): each set of overrides composes, and each variant names its
+    pretraining's checkpoint key."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        for key, _, overrides in transfer.PRETRAININGS:
+            config = compose("train", overrides=overrides)
+            assert config.task_name.startswith("pretrain_"), key
+        config = compose("train", overrides=["experiment=transfer_study"])
+    variants = OmegaConf.to_container(config.transfer.variants, resolve=False)
+    assert set(variants) == set(transfer.VARIANTS)
+    for key, _, _ in transfer.PRETRAININGS:
+        assert variants[key.removesuffix("_ckpt")]["weights"] == f"${{transfer.{key}}}"
 
 
 @pytest.mark.slow

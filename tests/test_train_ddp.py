@@ -14,12 +14,13 @@ import torch
 from batch_norm_probe import norm_layer_types, probe_input
 from helpers import (
     CONF_DIR,
+    DDP_RUN,
+    batch_norm_probe,
     hydra_job,
     isolated_environ,
     load_checkpoint,
     read_metrics,
     run_script,
-    single_run_dir,
     tiny,
     wandb_offline_runs,
 )
@@ -30,33 +31,12 @@ from detection.training.callbacks.detections_json import DETECTIONS_FILE, GROUND
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, tmp_path: Path) -> None:
-    log_dir = tmp_path / "logs"
-    # with weight EMA, which must run under DDP too
-    ema = ["callbacks=[default,ema]", "callbacks.ema.decay=0.5", "callbacks.ema.warmup_steps=0"]
-
-    def probe(name: str) -> list[str]:  # each rank's BatchNorm layers and statistics, into files
-        return [
-            "+callbacks.probe._target_=batch_norm_probe.BatchNormProbe",
-            f"+callbacks.probe.dirpath={tmp_path / name}",
-        ]
-
-    result = run_script(
-        "train",
-        [
-            *tiny(fashiondet_small_root, log_dir),
-            *ema,
-            *probe("probe"),  # EfficientNet-Lite0 with trained BatchNorm (norm: bn)
-            "trainer=ddp_cpu",
-            "trainer.max_epochs=1",
-            "task_name=ddp",
-        ],
-        tmp_path,
-        timeout=500,
-    )
-    run_dir = single_run_dir(log_dir, "ddp")  # rank 1 made no directory of its own
+def test_ddp_cpu_training_shares_one_run_directory(
+    ddp_cpu_run: dict[str, str], fashiondet_small_root: Path, tmp_path: Path
+) -> None:
+    run_dir, log_dir = Path(ddp_cpu_run["run_dir"]), Path(ddp_cpu_run["log_dir"])
     assert sorted(p.name for p in (log_dir / "ddp").iterdir()) == ["runs"]
-    output = result.stdout + result.stderr
+    output = ddp_cpu_run["output"]
     assert "MEMBER: 2/2" in output  # rank 1 joined the process group
     assert output.count("CONFIG") == 1  # the config tree is printed by rank 0 only
     assert (run_dir / "train_ddp_process_1.log").read_text()  # rank 1's Hydra log, in the same directory
@@ -78,7 +58,8 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
     assert offline_run.name.endswith("-" + wandb_id)
     # both ranks validate with the same BatchNorm statistics (the EMA's, averaged over the ranks), and
     # the checkpoint holds them
-    ranks = [torch.load(tmp_path / "probe" / f"rank{r}_val_step2.pt", weights_only=True) for r in (0, 1)]
+    probe = Path(ddp_cpu_run["probe"])
+    ranks = [torch.load(probe / f"rank{r}_val_step2.pt", weights_only=True) for r in (0, 1)]
     assert len(ranks[0]) > 50 and ranks[0].keys() == ranks[1].keys()
     assert any(not torch.equal(v, torch.ones_like(v)) for k, v in ranks[0].items() if k.endswith("var"))
     different = [k for k, v in ranks[0].items() if not torch.equal(v, ranks[1][k])]
@@ -91,8 +72,8 @@ def test_ddp_cpu_training_shares_one_run_directory(fashiondet_small_root: Path, 
         "train",
         [
             *tiny(fashiondet_small_root, log_dir),
-            *ema,
-            *probe("probe_sync"),
+            *DDP_RUN,
+            *batch_norm_probe(tmp_path / "probe_sync"),
             "trainer=ddp_cpu",
             "trainer.sync_batchnorm=true",
             "trainer.max_epochs=2",

@@ -1,6 +1,7 @@
 """`trainer=multinode` without SLURM: two "nodes" on this machine, each a `torchrun` of one CPU
-process (gloo), against `trainer=ddp_cpu` (one node, two processes). Same final weights and step,
-and one run directory that only global rank 0 fills: one set of checkpoints, one CSV log.
+process (gloo), against `trainer=ddp_cpu` (one node, two processes: the session's run of
+conftest.ddp_cpu_run, the same training). Same final weights and step, and one run directory that
+only global rank 0 fills: one set of checkpoints, one CSV log, one W&B run.
 
 What each node runs (the user's commands, with `--master_addr` the first node's address):
 
@@ -30,14 +31,16 @@ from typing import Any
 import pytest
 import torch
 from helpers import (
-    QUIET,
+    DDP_RUN,
     SCRIPTS,
+    batch_norm_probe,
     csv_rows,
     load_checkpoint,
     read_metrics,
     single_run_dir,
     subprocess_env,
     tiny,
+    wandb_offline_runs,
 )
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
@@ -115,17 +118,25 @@ def _flat(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _files(run_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    """The run's files, but W&B's (their names hold the clock and a random id)."""
+    files = (p.relative_to(run_dir) for p in run_dir.rglob("*") if p.is_file())
+    return sorted(str(p) for p in files if p.parts[0] != "wandb")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_torchrun_nodes_train_as_one_node_with_two_processes(
-    fashiondet_small_root: Path, tmp_path: Path
+    ddp_cpu_run: dict[str, str], fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "logs"
-    # two steps (two batches per rank, one epoch), one batch of validation and of test; CSV logger
-    common = [*tiny(fashiondet_small_root, log_dir), *QUIET, "trainer.max_epochs=1"]
+    # what the ddp_cpu run trains: two steps (two batches per rank, one epoch), one batch of
+    # validation and of test, the default loggers
+    common = [
+        *tiny(fashiondet_small_root, log_dir),
+        *DDP_RUN,
+        *batch_norm_probe(tmp_path / "probe"),
+        "trainer.max_epochs=1",
+    ]
     # both nodes must name it: the default run.dir holds the clock and a random id of each process
     shared = log_dir / "multinode" / "runs" / "shared"
     port = find_free_network_port()
@@ -150,15 +161,8 @@ def test_two_torchrun_nodes_train_as_one_node_with_two_processes(
             *extra,
         ]
 
-    one_node = [sys.executable, str(SCRIPTS / "train.py"), *common, "trainer=ddp_cpu", "task_name=ddp_cpu"]
-    # the reference and the two nodes at once: most of each run is importing torch in one process
-    # (the reference's rank 1 starts only after its rank 0 has), so together they keep both cores busy
     output = _run_together(
-        {
-            "ddp_cpu": one_node,
-            "node0": node(0),
-            "node1": node(1, "hydra.job.name=train_node1", "hydra.output_subdir=null"),
-        },
+        {"node0": node(0), "node1": node(1, "hydra.job.name=train_node1", "hydra.output_subdir=null")},
         tmp_path,
         timeout=240,
     )
@@ -168,14 +172,15 @@ def test_two_torchrun_nodes_train_as_one_node_with_two_processes(
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output["node1"]
 
     # nothing but the shared run directory: node 1 made none of its own
-    reference = single_run_dir(log_dir, "ddp_cpu")
-    assert sorted(p.name for p in log_dir.iterdir()) == ["ddp_cpu", "multinode"]
+    reference = Path(ddp_cpu_run["run_dir"])
+    assert sorted(p.name for p in log_dir.iterdir()) == ["multinode"]
     assert single_run_dir(log_dir, "multinode") == shared
-    # what the one-node run writes, once (checkpoints, CSV, metrics, detections), with node 1's
-    # Hydra log in place of Lightning's local rank 1's
+    # what the one-node run writes, once (checkpoints, CSV, metrics, detections, plots, one W&B run),
+    # with node 1's Hydra log in place of Lightning's local rank 1's
     assert _files(shared) == sorted(
         "train_node1.log" if f == "train_ddp_process_1.log" else f for f in _files(reference)
     )
+    assert len(wandb_offline_runs(shared)) == len(wandb_offline_runs(reference)) == 1
     assert (shared / "train_node1.log").read_text()  # node 1 logged, into the shared directory
     assert csv_rows(shared) == csv_rows(reference)  # the same steps and (rank 0's) values
 

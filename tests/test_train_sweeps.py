@@ -128,13 +128,13 @@ def test_optuna_sweep_keeps_its_study_in_a_storage_file(fashiondet_small_root: P
         "logger=csv",
     ]
     result = run_script(
-        "train", [*overrides, "hydra.sweeper.n_trials=3"], tmp_path, timeout=500, multirun=True
+        "train", [*overrides, "hydra.sweeper.n_trials=2"], tmp_path, timeout=500, multirun=True
     )
     storage = log_dir / "optuna" / "fashiondet.db"
     assert storage.is_file()
     study = optuna.load_study(study_name="fashiondet", storage=f"sqlite:///{storage}")
     trials = study.trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     sweep_dir = _single_sweep_dir(log_dir, "fashiondet_optuna")
     for trial, job_dir in zip(trials, _job_dirs(sweep_dir), strict=True):
@@ -148,7 +148,7 @@ def test_optuna_sweep_keeps_its_study_in_a_storage_file(fashiondet_small_root: P
     # the same command again continues the study instead of starting a new one
     run_script("train", [*overrides, "hydra.sweeper.n_trials=1"], tmp_path, timeout=300, multirun=True)
     study = optuna.load_study(study_name="fashiondet", storage=f"sqlite:///{storage}")
-    assert len(study.trials) == 4 and [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert len(study.trials) == 3 and [t.number for t in study.trials] == [0, 1, 2]
 
 
 @pytest.mark.slow
