@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_metrics, reference_run, run_script, single_run_dir, small_data, subprocess_env
+from helpers import (
+    hydra_job,
+    isolated_environ,
+    read_metrics,
+    reference_run,
+    run_script,
+    single_run_dir,
+    small_data,
+    subprocess_env,
+)
 from PIL import Image
 
 from detection.data import FASHION_MNIST_CLASSES
@@ -22,14 +31,18 @@ def _script_overrides(data_root: Path, log_dir: Path) -> list[str]:
     return [*small_data(data_root, log_dir), "data.eval_batch_size=8"]
 
 
-def _evaluate(checkpoint: str | Path, data_root: Path, tmp_path: Path) -> dict:
-    """`scripts/eval.py ckpt_path=<checkpoint>` on the small set; its metrics.json."""
-    run_script(
-        "eval",
-        [f"ckpt_path={checkpoint}", *_script_overrides(data_root, tmp_path / "logs")],
-        tmp_path,
-        timeout=300,
-    )
+def _evaluate(checkpoint: str | Path, data_root: Path, tmp_path: Path, in_process: bool = False) -> dict:
+    """`scripts/eval.py ckpt_path=<checkpoint>` on the small set (or its job in this process, as the
+    script runs it); its metrics.json."""
+    overrides = [f"ckpt_path={checkpoint}", *_script_overrides(data_root, tmp_path / "logs")]
+    if in_process:
+        from detection import pipelines
+        from detection.runtime.launch import job
+
+        with isolated_environ(tmp_path), hydra_job(overrides, config_name="eval") as cfg:
+            job(pipelines.evaluate)(cfg)
+    else:
+        run_script("eval", overrides, tmp_path, timeout=300)
     return read_metrics(single_run_dir(tmp_path / "logs", "eval"))
 
 
@@ -105,7 +118,8 @@ def test_checkpoint_of_the_earlier_format_evaluates_the_same(
         "detection.models.build_detector",
         "torch.optim.AdamW",
     ]
-    _assert_same_test_metrics(_evaluate(earlier, fashiondet_small_root, tmp_path), trained)
+    # in this process: test_eval_repeats_the_training_test runs the script
+    _assert_same_test_metrics(_evaluate(earlier, fashiondet_small_root, tmp_path, in_process=True), trained)
 
 
 @pytest.fixture(scope="module")
