@@ -19,7 +19,6 @@ from helpers import (
     isolated_environ,
     load_checkpoint,
     read_metrics,
-    run_script,
     tiny,
     train_in_process,
 )
@@ -80,24 +79,17 @@ def test_backbone_gets_no_gradient_before_the_unfreeze_and_its_own_lr_after(
 
 
 def _stopped_and_resumed(overrides: list[str], tmp_path: Path, stop_epoch: int) -> tuple[Path, Path]:
-    """(uninterrupted run, run resumed from one stopped after epoch `stop_epoch`), as subprocesses."""
-    run_script("train", [*overrides, f"hydra.run.dir={tmp_path / 'whole'}"], tmp_path, timeout=300)
+    """(uninterrupted run, run resumed from one stopped after epoch `stop_epoch`), in this process
+    through scripts/train.py's job wrapper (a subprocess each would add only their start-up)."""
     stopped = [
         *overrides,
         "+callbacks.stop._target_=helpers.StopAfterEpoch",
         f"+callbacks.stop.epoch={stop_epoch}",
     ]
-    run_script("train", [*stopped, f"hydra.run.dir={tmp_path / 'stopped'}"], tmp_path, timeout=300)
-    run_script(
-        "train",
-        [
-            *overrides,
-            f"ckpt_path={tmp_path / 'stopped' / 'checkpoints' / 'last.ckpt'}",
-            f"hydra.run.dir={tmp_path / 'resumed'}",
-        ],
-        tmp_path,
-        timeout=300,
-    )
+    resumed = [*overrides, f"ckpt_path={tmp_path / 'stopped' / 'checkpoints' / 'last.ckpt'}"]
+    with isolated_environ(tmp_path):
+        for name, run in (("whole", overrides), ("stopped", stopped), ("resumed", resumed)):
+            train_in_process([*run, f"hydra.run.dir={tmp_path / name}"])
     return tmp_path / "whole", tmp_path / "resumed"
 
 

@@ -17,7 +17,6 @@ from helpers import (
     read_metrics,
     reference_overrides,
     reference_run,
-    run_script,
     train_in_process,
     wandb_offline_runs,
     wandb_run_file,
@@ -50,16 +49,16 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
     tmp_path = tmp_path_factory.mktemp("resume")
     log_dir = tmp_path / "logs"
     same_run = [*reference_overrides(fashiondet_small_root, log_dir), "test=false"]
-    # the same config as the reference, stopped at the end of epoch 0 (after its checkpoints)
-    run_script(
-        "train",
-        [*same_run, "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0"],
-        tmp_path,
-        timeout=300,
-    )
+    # the same config as the reference, stopped at the end of epoch 0 (after its checkpoints), then
+    # resumed; in this process, through scripts/train.py's job wrapper (the reference is a subprocess)
+    with isolated_environ(tmp_path):
+        train_in_process(
+            [*same_run, "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0"]
+        )
     (stopped,) = sorted((log_dir / "reference" / "runs").iterdir())
     assert load_checkpoint(stopped / "checkpoints" / "last.ckpt")["global_step"] == 2
-    run_script("train", [*same_run, "ckpt_path=last"], tmp_path, timeout=300)
+    with isolated_environ(tmp_path):
+        train_in_process([*same_run, "ckpt_path=last"])
     resumed = next(p for p in (log_dir / "reference" / "runs").iterdir() if p != stopped)
 
     # counters continue: epoch 1 is steps 3 and 4, not a second epoch 0
