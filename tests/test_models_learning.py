@@ -24,9 +24,9 @@ from detection.models import HEADS, build_from_spec
 from detection.runtime import launch  # noqa: F401  (registers the config resolvers)
 from detection.training.anchors import resolve_anchor_sizes
 
-IMAGES = 6
+IMAGES = 4
 # head -> (steps, mAP@[.5:.95] the head must reach on its training images)
-BUDGET = {"fcos": (50, 0.5), "retinanet": (100, 0.4), "faster_rcnn": (70, 0.3), "light_head_rcnn": (70, 0.3)}
+BUDGET = {"fcos": (30, 0.5), "retinanet": (60, 0.5), "faster_rcnn": (45, 0.5), "light_head_rcnn": (45, 0.5)}
 # the part of each head's loss that classifies: it must fall to a fraction of its first value
 CLASSIFICATION_LOSS = {
     "fcos": "classification",
@@ -98,6 +98,7 @@ def test_head_overfits_a_few_training_images(head: str, fashiondet_small_root: P
     with torch.no_grad():
         metric.update(model(images), targets)
     achieved = metric.compute()["map"].item()
+    print(f"{head}: classification loss {first:.3f} -> {last:.3f}, mAP {achieved:.3f}")  # with -rP
     assert achieved >= required_map, (
         f"{head}: mAP {achieved:.3f} on its {IMAGES} training images after {steps} steps"
     )
