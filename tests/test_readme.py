@@ -452,7 +452,9 @@ class Runner:
             assert tokens[0] == "python" and tokens[1].startswith("scripts/"), command.text
             script = Path(tokens[1]).stem
             outcome.elsewhere = _tested_elsewhere(command)
-            if outcome.elsewhere and _tool_module(script) is not None:
+            if _tool_module(script) is not None:  # a research tool: its own test runs it
+                if not outcome.elsewhere:
+                    raise LookupError(f"scripts/{script}.py: name the test that runs it in TESTED_ELSEWHERE")
                 return self._parse(outcome, script, tokens[2:])
             if outcome.elsewhere:  # composed: a sweep's first job, a placeholder `<run>` as `run`
                 single = [re.sub(r"<([^<>\s]+)>", r"\1", _first_of_sweep(a)) for a in tokens[2:] if a != "-m"]
@@ -462,8 +464,6 @@ class Runner:
             for task in _needed_runs(tokens):
                 outcome.given[task] = self._run_of(task, cwd)
             arguments = [self._substitute(command, t, cwd) for t in tokens[2:]]
-            if _tool_module(script) is not None:
-                raise LookupError(f"scripts/{script}.py: a research tool's test must be in TESTED_ELSEWHERE")
             if _needs_hardware(arguments):
                 # composed only: a sweep's first job (tests/test_slurm.py runs the SLURM sweep for real)
                 single = [_first_of_sweep(a) for a in arguments if a not in ("-m", "--multirun")]
