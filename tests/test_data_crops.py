@@ -11,7 +11,7 @@ from helpers import QUIET, isolated_environ, read_metrics, train_in_process
 
 from detection.data import ClassificationDataModule, DetectionDataModule
 from detection.data.crops import crop_boxes, split_images
-from detection.models import HEADS, build_detector
+from detection.models import build_detector, head_names
 from detection.models.backbones.weights import load_backbone_weights
 from detection.training import ClassificationTask
 
@@ -101,7 +101,7 @@ def test_pretraining_on_fashion_crops_learns_and_its_backbone_loads_into_every_h
         predicted = task(train.images.float() / 255.0).argmax(dim=1)
     assert float((predicted == train.labels).float().mean()) >= 0.8
     assert metrics["test/acc"] > 0.1, metrics
-    for head in HEADS:
+    for head in head_names():
         detector = build_detector(head, 10, {"name": "efficientnet_lite0", "weights": None})
         report = load_backbone_weights(detector.backbone.body, checkpoint)
         assert report.missing == [] and report.loaded > 0, (head, report.summary())

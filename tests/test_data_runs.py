@@ -15,7 +15,6 @@ import torch
 from helpers import QUIET, isolated_environ, read_metrics, run_script, single_run_dir, tiny, train_in_process
 
 from detection.data import FASHION_MNIST_CLASSES, DetectionDataModule
-from detection.models.heads.classes import replace_classifier
 from detection.training import DetectionTask
 
 
@@ -151,26 +150,6 @@ def test_other_count_is_an_error_or_a_new_classification_layer(
     assert task.detector.head.classification_head.cls_logits.out_channels == 3
     assert task.hparams.detector["num_classes"] == 3 and task.class_names == ["top", "bottom", "shoe"]
     assert task.hparams.reset_classes is False  # a checkpoint of it is a 3-class detector
-
-
-@pytest.mark.parametrize("head", ["fcos", "retinanet", "faster_rcnn", "light_head_rcnn"])
-def test_replace_classifier_every_head(head: str) -> None:
-    import torch
-
-    from detection.models import build_detector
-
-    torch.manual_seed(0)
-    backbone = {"name": "efficientnet_lite0", "weights": None}
-    detector = build_detector(head, 10, backbone, {"out_channels": 16, "extra_levels": "none"})
-    replace_classifier(detector, 3)
-    detector.train()
-    target = {"boxes": torch.tensor([[4.0, 4.0, 60.0, 60.0]]), "labels": torch.tensor([2])}
-    losses = detector([torch.rand(3, 128, 128)], [target])
-    assert all(torch.isfinite(v) for v in losses.values())
-    detector.eval()
-    with torch.no_grad():
-        out = detector([torch.rand(3, 128, 128)])[0]
-    assert out["labels"].numel() == 0 or int(out["labels"].max()) < 3
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ import functools
 import pytest
 import torch
 
-from detection.models import BACKBONES, HEADS, Backbone, build_backbone, build_detector
-from detection.models.heads import RCNN
+from detection.models import BACKBONES, Backbone, build_backbone, build_detector, head_knobs, head_names
+from detection.models.heads.rcnn import RCNN
+
+HEADS = head_names()
 
 NUM_CLASSES = 3
 SIZE = 64
@@ -90,7 +92,8 @@ def test_train_and_eval_step(name: str, head: str) -> None:
 def test_eval_boxes_are_in_input_pixels_and_targets_untouched(head: str) -> None:
     torch.manual_seed(0)
     # Inputs smaller than min_size get resized up inside; detections must come back in input pixels.
-    kwargs = {"score_thresh": 0.0} if head in ("fcos", "retinanet") else {"box_score_thresh": 0.0}
+    threshold = "score_thresh" if "score_thresh" in head_knobs(head) else "box_score_thresh"  # R-CNN's
+    kwargs = {threshold: 0.0}
     model = build_detector(
         head, NUM_CLASSES, {"name": "resnet18", "weights": None}, {"out_channels": 32}, 96, 128, **kwargs
     )
@@ -129,7 +132,7 @@ def test_detector_layout_and_normalisation_survive_a_rebuild() -> None:
         {"name": "resnet18", "weights": None, "image_mean": [0.2, 0.3, 0.4], "image_std": [0.5, 0.6, 0.7]},
     )
     assert isinstance(model.backbone.body, Backbone)
-    assert model.backbone.fpn.names == ["p3", "p4", "p5", "p6", "p7"]
+    assert model.backbone.neck.names == ["p3", "p4", "p5", "p6", "p7"]
     assert any(n.startswith("backbone.body.extractor.") for n, _ in model.named_parameters())
     assert model.transform.image_mean == [0.2, 0.3, 0.4]
     # What DetectionTask does with a checkpoint: rebuild with weights=None, then load the state dict.
@@ -150,7 +153,7 @@ def test_detectors_declare_backbone_and_head_parts(head: str) -> None:
     assert set(backbone) == {n for n, _ in model.backbone.body.named_parameters(prefix="backbone.body")}
     assert set(backbone).isdisjoint(rest)
     assert set(backbone) | set(rest) == {n for n, _ in model.named_parameters()}
-    assert any(n.startswith("backbone.fpn.") for n in rest)
+    assert any(n.startswith("backbone.neck.") for n in rest)
 
 
 def test_optimiser_groups_follow_the_declared_parts() -> None:
@@ -175,19 +178,49 @@ def test_optimiser_groups_follow_the_declared_parts() -> None:
         assert groups["head_no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 0.1
 
 
-def test_light_head_leaves_the_given_backbone_as_it_was() -> None:
-    from detection.models import DetectorBackbone, build_backbone, build_fpn
-    from detection.models.heads import build_light_head_rcnn
+def test_light_head_reads_the_backbone_map_it_declares() -> None:
+    """Light-Head R-CNN declares the backbone map its thin map reads; build_detector's feature module
+    returns it beside the neck's maps, and a feature module without it is refused by name."""
+    from detection.models import DetectorBackbone, build_fpn
+    from detection.models.heads.light_head_rcnn import build_light_head_rcnn
 
+    model = build_detector("light_head_rcnn", NUM_CLASSES, {"name": "resnet18", "weights": None})
+    assert model.backbone.body_outputs == ["c4"]
+    with torch.no_grad():
+        features = model.backbone.eval()(torch.rand(1, 3, 64, 64))
+    assert list(features) == [*model.backbone.names, "c4"]
     body = build_backbone("resnet18", weights=None)
-    given = DetectorBackbone(body, build_fpn(body, out_channels=32, extra_levels="maxpool"))
-    model = build_light_head_rcnn(given, NUM_CLASSES)
-    assert given.body_outputs == []
-    assert model.backbone is not given and model.backbone.body_outputs == ["c4"]
+    bare = DetectorBackbone(body, build_fpn(body, out_channels=32, extra_levels="maxpool"))
+    with pytest.raises(ValueError, match="'c4'.*build_detector"):
+        build_light_head_rcnn(bare, NUM_CLASSES)
+
+
+def test_no_neck_passes_the_backbone_maps_and_one_width_heads_say_what_to_change() -> None:
+    model = build_detector("fcos", NUM_CLASSES, {"name": "resnet18", "weights": None}, {"name": "fpn"})
+    assert model.backbone.neck.names == ["p3", "p4", "p5", "p6", "p7"]
+    with pytest.raises(ValueError, match=r"'c3': 128, 'c4': 256, 'c5': 512.*model/neck=fpn"):
+        build_detector("fcos", NUM_CLASSES, {"name": "resnet18", "weights": None}, {"name": "none"})
+    with pytest.raises(ValueError, match="unknown neck 'bifpn'"):
+        build_detector("fcos", NUM_CLASSES, {"name": "resnet18", "weights": None}, {"name": "bifpn"})
+
+
+def test_checkpoints_of_the_fpn_only_layout_load() -> None:
+    """State dicts written when the neck was always an FPN name it backbone.fpn; they still load."""
+    model = build_detector(
+        "retinanet", NUM_CLASSES, {"name": "resnet18", "weights": None}, {"out_channels": 32}
+    )
+    old = {k.replace("backbone.neck.", "backbone.fpn."): v for k, v in model.state_dict().items()}
+    assert any(k.startswith("backbone.fpn.") for k in old)
+    rebuilt = build_detector(
+        "retinanet", NUM_CLASSES, {"name": "resnet18", "weights": None}, {"out_channels": 32}
+    )
+    rebuilt.load_state_dict(old)
+    state = rebuilt.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor))
 
 
 def test_unknown_names_list_the_choices() -> None:
-    with pytest.raises(ValueError, match="fcos.*retinanet.*faster_rcnn.*light_head_rcnn"):
+    with pytest.raises(ValueError, match="unknown head 'yolo'.*" + ".*".join(HEADS)):
         build_detector("yolo", 2, {"name": "resnet18", "weights": None})
     with pytest.raises(ValueError, match=r"resnet18.*efficientnet_lite0.*torchvision.*timm:<name>"):
         build_detector("fcos", 2, {"name": "resnet9000", "weights": None})

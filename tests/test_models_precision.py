@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-from detection.models import HEADS, Backbone, build_backbone, build_detector
+from detection.models import Backbone, build_backbone, build_detector, head_names
 from detection.models.heads.anchors import anchor_generator
 from detection.models.precision import float32
 
@@ -81,7 +81,7 @@ def _images() -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("head", head_names())
 def test_detections_are_decoded_and_suppressed_in_float32(head: str, dtype: torch.dtype) -> None:
     model, images = _detector(head), _images()
     modules, recorded = _prediction_modules(model), []

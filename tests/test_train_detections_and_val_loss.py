@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import QUIET, hydra_job, isolated_environ, read_metrics, small_data, tiny, train_in_process
 
-from detection.models import HEADS, build_detector
+from detection.models import build_detector, head_names
 from detection.models.norms import is_norm
 from detection.training.callbacks.detections_json import DETECTIONS_FILE, GROUND_TRUTH_FILE
 from detection.training.detection_task import training_losses
@@ -175,7 +175,7 @@ def _modes(model: torch.nn.Module) -> dict[str, bool]:
     return {name: module.training for name, module in model.named_modules()}
 
 
-@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("head", head_names())
 def test_val_loss_changes_no_statistic_mode_or_random_stream(head: str) -> None:
     model = _detector(head)
     images, targets = _batch()
@@ -243,7 +243,7 @@ def test_val_loss_falls_as_a_detector_overfits_its_validation_images(fashiondet_
     assert last < 0.8 * first, f"val/loss {first:.3f} -> {last:.3f}"  # measured: 2.82 -> 1.94
 
 
-@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("head", head_names())
 def test_every_head_logs_val_loss_under_bf16_autocast(head: str, fashiondet_small_root: Path) -> None:
     """Lightning's validation of a `DetectionTask` under bfloat16 autocast (the CPU's mixed precision):
     val/loss and one val/loss_<part> per part of the head's training loss, finite, adding up. (The

@@ -99,7 +99,7 @@ def test_channels_last_task_puts_every_convolution_in_nhwc() -> None:
     nhwc.load_state_dict(plain.state_dict())
     weights = [p for p in nhwc.parameters() if p.dim() == 4]
     assert len(weights) > 20 and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
-    head = [p for name, p in nhwc.named_parameters() if p.dim() == 4 and ".fpn." in f".{name}"]
+    head = [p for name, p in nhwc.named_parameters() if p.dim() == 4 and ".neck." in f".{name}"]
     assert head, "the FPN's convolutions must be converted too"
     plain.eval(), nhwc.eval()
     x = torch.rand(2, 3, 64, 64)

@@ -1,10 +1,9 @@
-"""Training runs in-process through the composed config, as `scripts/train.py` would run them:
-every experiment, every debug preset, two validations per epoch, the config tree, run directories."""
+"""Training runs in-process through the composed config, as `scripts/train.py` would run them: the
+pretraining experiments, every debug preset, two validations per epoch, the config tree, run
+directories."""
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,14 +22,10 @@ from helpers import (
 )
 from omegaconf import OmegaConf
 
-from detection.training.errors import ERROR_TYPES
+from detection.models import head_names
 
-DETECTION_EXPERIMENTS = [
-    "fashiondet_fcos",
-    "fashiondet_retinanet",
-    "fashiondet_faster_rcnn",
-    "fashiondet_light_head_rcnn",
-]
+# every head's recipe trains a step in tests/test_heads_conformance.py
+DETECTION_EXPERIMENTS = [f"fashiondet_{head}" for head in head_names()]
 
 
 @pytest.fixture(autouse=True)
@@ -41,42 +36,6 @@ def _offline(tmp_path: Path) -> Iterator[None]:
 
 def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
-
-
-@pytest.mark.parametrize("experiment", DETECTION_EXPERIMENTS)
-def test_fast_dev_run_detection_experiment(
-    experiment: str, fashiondet_small_root: Path, tmp_path: Path
-) -> None:
-    # in mixed precision, as on a GPU, with every default callback (dashboards and prediction
-    # images turn detections into numpy and pictures); float32 runs are everywhere else
-    run_dir, value = train_in_process(
-        [
-            f"experiment={experiment}",
-            *tiny(fashiondet_small_root, tmp_path / "logs"),
-            "trainer.fast_dev_run=true",
-            "trainer.precision=bf16-mixed",
-            "logger=csv",
-        ]
-    )
-    dashboards = sorted((run_dir / "plots").glob("*_dashboard.json"))
-    assert dashboards  # drawn under autocast
-    errors = json.loads(dashboards[-1].read_text())["errors"]  # the TIDE-style breakdown, per validation
-    assert set(errors) == {"AP50", *ERROR_TYPES}
-    assert run_dir.parent.parent.name == experiment  # task_name of the experiment
-    metrics = read_metrics(run_dir)
-    assert metrics["global_step"] == 1
-    for name in (
-        "train/loss",
-        "val/loss",
-        "val/mAP",
-        "test/mAP",
-        "test/mAP_50",
-        "test/mAR_100",
-        "test/AP/Sandal",
-    ):
-        assert math.isfinite(metrics[name]), name
-    assert value == metrics["val/mAP"]  # what a sweeper gets back
-    assert _checkpoints(run_dir) == []  # fast_dev_run writes none
 
 
 def test_fast_dev_run_pretraining_experiment(tmp_path: Path) -> None:
@@ -104,7 +63,7 @@ def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Pa
     import torch
 
     from detection.data import ClassificationDataModule
-    from detection.models import HEADS, build_detector
+    from detection.models import build_detector
     from detection.models.backbones.weights import load_backbone_weights
     from detection.training import ClassificationTask
 
@@ -137,7 +96,7 @@ def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Pa
     assert metrics["test/acc"] >= 0.5, metrics  # chance is 0.1
     backbone = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "backbone" / "resnet10t.yaml"))
     backbone["weights"] = None
-    for head in HEADS:
+    for head in head_names():
         detector = build_detector(head, 10, backbone)
         report = load_backbone_weights(detector.backbone.body, checkpoint)
         assert report.missing == [] and report.loaded > 0, (head, report.summary())
@@ -296,7 +255,6 @@ def test_one_config_word_changes_the_head_not_the_backbone() -> None:
     so comparing heads compares heads; a pretraining trains its backbone's stem too."""
     from hydra import compose, initialize_config_dir
 
-    from detection.models import HEADS
     from detection.runtime import launch  # noqa: F401  (registers the config resolvers)
 
     def backbone(overrides: list[str]) -> dict:
@@ -304,7 +262,7 @@ def test_one_config_word_changes_the_head_not_the_backbone() -> None:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         main = backbone([])
-        by_config = {f"model={head}": backbone([f"model={head}"]) for head in HEADS}
+        by_config = {f"model={head}": backbone([f"model={head}"]) for head in head_names()}
         for name in DETECTION_EXPERIMENTS:
             by_config[f"experiment={name}"] = backbone([f"experiment={name}"])
         pretraining = backbone(["experiment=pretrain_fashion_mnist"])

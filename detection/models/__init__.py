@@ -1,9 +1,9 @@
 """Detection models in plain PyTorch (no Lightning, no Hydra).
 
 `build_detector(head, num_classes, backbone, neck, ...)` puts any classification backbone
-(`build_backbone`) under any head in `HEADS`, joined by an FPN (`build_fpn`); `build_from_spec`
-does the same from a versioned plain-dict spec. Images are lists of float [3, H, W] tensors in
-[0, 1] and labels are [0, num_classes) everywhere.
+(`build_backbone`) under any registered head (`head_names()`, `register_head`), joined by a neck
+(`build_neck`: an FPN, or none); `build_from_spec` does the same from a versioned plain-dict spec.
+Images are lists of float [3, H, W] tensors in [0, 1] and labels are [0, num_classes) everywhere.
 """
 
 from detection.models.backbones import (
@@ -16,25 +16,26 @@ from detection.models.backbones import (
 )
 from detection.models.classifier import Classifier, imagenet_classifier
 from detection.models.detector import (
-    HEADS,
     SPEC_VERSION,
     architecture_spec,
     build_detector,
     build_from_spec,
     upgrade_spec,
 )
-from detection.models.heads import head_knobs
-from detection.models.necks import FPN, DetectorBackbone, build_fpn
+from detection.models.heads import Detector, head_knobs, head_names, register_head
+from detection.models.necks import FPN, NECKS, DetectorBackbone, NoNeck, build_fpn, build_neck
 
 __all__ = [
     "BACKBONES",
     "FPN",
-    "HEADS",
+    "NECKS",
     "SPEC_VERSION",
     "Backbone",
     "Classifier",
+    "Detector",
     "DetectorBackbone",
     "FeatureSpec",
+    "NoNeck",
     "Normalization",
     "architecture_spec",
     "backbone_choices",
@@ -42,7 +43,10 @@ __all__ = [
     "build_detector",
     "build_fpn",
     "build_from_spec",
+    "build_neck",
     "head_knobs",
+    "head_names",
     "imagenet_classifier",
+    "register_head",
     "upgrade_spec",
 ]

@@ -1,4 +1,5 @@
-"""`build_detector`: any backbone + FPN + any head, and the versioned spec that rebuilds one.
+"""`build_detector`: any backbone + any neck + any registered head, and the versioned spec that
+rebuilds one.
 
 A *detector spec* is a plain dict of `build_detector` arguments plus ``"version"``
 (`SPEC_VERSION`). It holds only data (no import paths), so a checkpoint that stores it rebuilds
@@ -10,18 +11,16 @@ the detector with `build_from_spec` alone, and renaming a function breaks no old
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from detection.models.backbones import Backbone, build_backbone
-from detection.models.heads import HEAD_BUILDERS, NECK_DEFAULTS, head_knobs
-from detection.models.necks import DetectorBackbone, build_fpn
+from detection.models.heads import head_entry
+from detection.models.necks import DetectorBackbone, build_neck
 
 SPEC_VERSION = 1
-HEADS = tuple(HEAD_BUILDERS)
 _LEGACY_TARGETS = ("detection.models.build_detector",)
 
 
@@ -34,42 +33,41 @@ def build_detector(
     max_size: int = 128,
     **head_kwargs: Any,
 ) -> nn.Module:
-    """Build detector `head` on `backbone` + FPN.
+    """Build detector `head` on `backbone` + neck.
 
     Args:
-        head: one of `HEADS`.
+        head: a registered head (`detection.models.heads.head_names()`).
         num_classes: C; labels are [0, C) in targets and detections (no background index).
         backbone: `build_backbone` keyword arguments (name, weights, out_levels, freeze_at, norm,
             ...) or a built `Backbone`.
-        neck: `build_fpn` keyword arguments (out_channels, extra_levels, p6p7_from, norm); missing
-            entries take the head's usual pairing (`NECK_DEFAULTS`).
+        neck: ``name`` (`detection.models.necks.NECKS`; "fpn" when absent) and that neck's
+            arguments (FPN: out_channels, extra_levels, p6p7_from, norm); for the head's usual neck,
+            missing entries take the head's usual pairing (its registration's ``neck``).
         min_size, max_size: the input transform resizes the short side to min_size, the long side
             to at most max_size.
         head_kwargs: the head's knobs (`head_knobs(head)`), e.g. num_convs, score_thresh.
 
-    The result follows torchvision's contract: ``forward(images, targets)`` returns a dict of
-    losses in train mode and ``[{"boxes", "scores", "labels"}]`` in input-image pixels in eval
-    mode. It has ``.backbone.body`` (the `Backbone`), ``.backbone.fpn`` (the `FPN`) and declares
-    its parts (``backbone_parameters()``, ``head_parameters()``).
+    The result follows the head contract (`detection.models.heads.Detector`): ``forward(images,
+    targets)`` returns a dict of losses in train mode and ``[{"boxes", "scores", "labels"}]`` in
+    input-image pixels in eval mode. It has ``.backbone.body`` (the `Backbone`) and
+    ``.backbone.neck``, and declares its parts (``backbone_parameters()``, ``head_parameters()``).
     """
-    if head not in HEAD_BUILDERS:
-        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
-    unknown = sorted(set(head_kwargs) - set(head_knobs(head)))
+    entry = head_entry(head)
+    unknown = sorted(set(head_kwargs) - set(entry.knobs()))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for head {head!r}; it accepts {head_knobs(head)}")
+        raise ValueError(f"unknown option(s) {unknown} for head {head!r}; it accepts {entry.knobs()}")
     body = backbone if isinstance(backbone, Backbone) else build_backbone(**dict(backbone))
-    neck_kwargs = {**NECK_DEFAULTS[head], **dict(neck or {})}
-    fpn_options = set(inspect.signature(build_fpn).parameters) - {"backbone"}
-    unknown_neck = sorted(set(neck_kwargs) - fpn_options)
-    if unknown_neck:
-        raise ValueError(f"unknown neck option(s) {unknown_neck}; it accepts {sorted(fpn_options)}")
-    fpn = build_fpn(body, **neck_kwargs)
-    model = HEAD_BUILDERS[head](
-        DetectorBackbone(body, fpn),
-        int(num_classes),
-        min_size=int(min_size),
-        max_size=int(max_size),
-        **head_kwargs,
+    neck_kwargs = dict(neck or {})
+    usual = dict(entry.neck)
+    name = neck_kwargs.pop("name", None) or usual.pop("name", "fpn")
+    usual.pop("name", None)
+    if name == entry.neck.get("name", "fpn"):
+        neck_kwargs = {**usual, **neck_kwargs}
+    features = DetectorBackbone(
+        body, build_neck(body, name, **neck_kwargs), entry.body_maps(body, head_kwargs)
+    )
+    model = entry.build(
+        features, int(num_classes), min_size=int(min_size), max_size=int(max_size), **head_kwargs
     )
     model.num_classes = int(num_classes)
     return model

@@ -1,4 +1,13 @@
-"""FPN neck and the detector's feature module (backbone body + neck).
+"""Necks (FPN, or none) and the detector's feature module (backbone body + neck).
+
+A neck is chosen by name (`NECKS`, the ``model/neck`` config group) and built by `build_neck`
+from the backbone's declared levels. Each declares its outputs as ``.feature_specs`` (with
+``.names`` / ``.strides`` views) and ``.out_channels``: one width when every level has it, else
+None (a head that needs one width then says so when it is built).
+
+- ``"none"`` (`NoNeck`): the backbone maps as they are (``c3``, ``c4``, ...), for a head that
+  takes each level at its own width.
+- ``"fpn"`` (`FPN`):
 
 `FPN` is torchvision's `FeaturePyramidNetwork` that names its outputs by level (``p3``, ``p4``, ...,
 stride 2**level) and declares them as ``.feature_specs`` (with ``.names`` / ``.strides`` /
@@ -12,8 +21,10 @@ and RoI pooling from what it says. Extra levels above the backbone's last one:
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import (
@@ -77,6 +88,21 @@ class FPN(FeaturePyramidNetwork):
         return OrderedDict(zip(self.names, out.values(), strict=True))
 
 
+class NoNeck(nn.Module):
+    """The backbone's maps passed on unchanged, under the backbone's names and widths."""
+
+    def __init__(self, feature_specs: Sequence[FeatureSpec]) -> None:
+        super().__init__()
+        self.feature_specs = list(feature_specs)
+        self.names = [s.name for s in self.feature_specs]
+        self.strides = [s.stride for s in self.feature_specs]
+        widths = {s.channels for s in self.feature_specs}
+        self.out_channels = widths.pop() if len(widths) == 1 else None
+
+    def forward(self, x: dict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        return OrderedDict((name, x[name]) for name in self.names)
+
+
 def build_fpn(
     backbone: Backbone,
     out_channels: int = 256,
@@ -88,29 +114,71 @@ def build_fpn(
     return FPN(backbone.levels, backbone.channels, int(out_channels), extra_levels, p6p7_from, norm)
 
 
-class DetectorBackbone(nn.Module):
-    """``body`` (the classification backbone) then ``fpn``; what torchvision detectors call backbone.
+def build_no_neck(backbone: Backbone) -> NoNeck:
+    """No neck: the head reads the backbone's levels directly."""
+    return NoNeck(backbone.feature_specs)
 
-    Returns the FPN maps, plus the body maps named in `body_outputs` (e.g. ``c4`` for Light-Head
-    R-CNN's thin feature map). ``out_channels`` is the FPN width, as torchvision requires.
+
+NECKS = {"fpn": build_fpn, "none": build_no_neck}
+
+
+def neck_options(name: str) -> list[str]:
+    """The arguments neck `name` takes besides the backbone."""
+    if name not in NECKS:
+        raise ValueError(f"unknown neck {name!r}; choose one of {tuple(NECKS)}")
+    return [p for p in inspect.signature(NECKS[name]).parameters if p != "backbone"]
+
+
+def build_neck(backbone: Backbone, name: str = "fpn", **options: Any) -> nn.Module:
+    """Neck `name` (`NECKS`) over `backbone`'s levels; `options` are its builder's arguments."""
+    unknown = sorted(set(options) - set(neck_options(name)))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for neck {name!r}; it accepts {neck_options(name)}")
+    return NECKS[name](backbone, **options)
+
+
+class DetectorBackbone(nn.Module):
+    """``body`` (the classification backbone) then ``neck``; what torchvision detectors call backbone.
+
+    Returns the neck's maps, plus the body maps named in `body_outputs` (those a head declares it
+    reads, e.g. ``c3`` for Light-Head R-CNN's thin feature map). ``feature_specs`` / ``names`` /
+    ``strides`` describe the neck's maps; ``out_channels`` is their one width, which torchvision's
+    heads require (a neck whose levels differ raises on reading it, naming the widths).
     """
 
-    def __init__(self, body: Backbone, fpn: FPN, body_outputs: Sequence[str] = ()) -> None:
+    def __init__(self, body: Backbone, neck: nn.Module, body_outputs: Sequence[str] = ()) -> None:
         super().__init__()
         unknown = [n for n in body_outputs if n not in body.names]
         if unknown:
             raise ValueError(f"backbone has no level(s) {unknown}; it returns {body.names}")
         self.body = body
-        self.fpn = fpn
+        self.neck = neck
         self.body_outputs = list(body_outputs)
-        self.out_channels = fpn.out_channels
-        self.feature_specs = list(fpn.feature_specs)
-        self.names = list(fpn.names)
-        self.strides = list(fpn.strides)
+        self.feature_specs = list(neck.feature_specs)
+        self.names = list(neck.names)
+        self.strides = list(neck.strides)
+        # checkpoints written before the neck was a choice name it "fpn"
+        self.register_load_state_dict_pre_hook(_rename_fpn_keys)
+
+    @property
+    def out_channels(self) -> int:
+        if self.neck.out_channels is None:
+            widths = {s.name: s.channels for s in self.feature_specs}
+            raise ValueError(
+                f"this head needs one width on every level, but the neck's levels have {widths}; "
+                "use a neck that maps them to one width (model/neck=fpn)"
+            )
+        return int(self.neck.out_channels)
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         features = self.body(x)
-        out = self.fpn(features)
+        out = self.neck(features)
         for name in self.body_outputs:
             out[name] = features[name]
         return out
+
+
+def _rename_fpn_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    old = f"{prefix}fpn."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[f"{prefix}neck.{key[len(old) :]}"] = state_dict.pop(key)

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detection.models.heads import head_names
+from detection.models.heads.rcnn import RCNN
 from detection.research import sweeps
 from detection.research.runs import checkpoint_of, data_root, load_detector, split_images, weights_label
 from detection.research.tables import (
@@ -45,9 +47,7 @@ from detection.research.tables import (
 from detection.research.timing import Spread, count_parameters, latency_samples_ms, rcnn_samples
 from detection.training import figures
 
-HEADS = "fcos,retinanet,faster_rcnn,light_head_rcnn"
 BACKBONES = "efficientnet_lite0,resnet18"
-RCNN = ("faster_rcnn", "light_head_rcnn")
 # the Light-Head vs Faster split: (row key, rcnn_samples key, header, whether the table shows a ratio)
 SPLITS = (
     ("e2e", "end to end", "end-to-end ms", True),
@@ -134,7 +134,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = sweeps.sweep_parser(
         __doc__.splitlines()[0], "multirun directory to launch into (default logs/benchmark/...)"
     )
-    parser.add_argument("--heads", default=HEADS)
+    parser.add_argument(
+        "--heads", default=",".join(head_names()), help="comma-separated (default: every registered head)"
+    )
     parser.add_argument("--backbones", default=BACKBONES)
     parser.add_argument("--images", type=int, default=16, help="test images timed per job (batch 1)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -165,7 +167,7 @@ def measure(job: Job, images: list[Tensor], warmup: int, runs: int) -> dict[str,
         "latency": latency_samples_ms(model, images, warmup=warmup),
         "params_M": count_parameters(model) / 1e6,
     }
-    if job.get("model.detector.head") in RCNN:
+    if isinstance(model, RCNN):
         # one batch of all the timing images, reported per image
         out["rcnn"] = rcnn_samples(model, images, warmup, runs)
     return out

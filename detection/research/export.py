@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detection.models.heads import head_names
 from detection.research.export_check import Detections, check
 from detection.research.runs import load_detector, split_images
 from detection.research.tables import write_tables
@@ -52,7 +53,9 @@ Runtime = Callable[[Tensor], Detections]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, action="append", help="DetectionTask checkpoint (repeatable)")
-    parser.add_argument("--heads", default="fcos,retinanet,faster_rcnn,light_head_rcnn")
+    parser.add_argument(
+        "--heads", default=",".join(head_names()), help="comma-separated (default: every registered head)"
+    )
     parser.add_argument("--data-root", type=Path, default=Path("data/fashiondet"), help="FashionDet folder")
     parser.add_argument("--images", type=int, default=8, help="test images compared")
     parser.add_argument("--atol", type=float, default=1e-3, help="tolerance on boxes (px) and scores")
@@ -74,13 +77,15 @@ class SingleImage(nn.Module):
 
 
 def exportable_copy(detector: nn.Module) -> SingleImage:
-    """A copy without module extra state (the image mean/std, kept as attributes anyway).
+    """A copy without module extra state (the image mean/std, kept as attributes anyway), prepared by
+    the head's export hook (``prepare_export``: Light-Head's pool then uses ops that ONNX maps).
 
     The TorchScript tracer reads the state dict and fails on the non-tensor extra state that our
     backbone and transform carry so checkpoints keep their normalisation.
     """
     detector = copy.deepcopy(detector).eval()
     plain = {"get_extra_state": nn.Module.get_extra_state, "set_extra_state": nn.Module.set_extra_state}
+    detector.prepare_export()
     for module in detector.modules():
         cls = type(module)
         if cls.get_extra_state is not nn.Module.get_extra_state:
@@ -146,7 +151,7 @@ def export_one(
         try:
             path, run = exporter(model, images[0], out / head)
             row.update(exported=f"yes: {path.name}", **check(run, ref, images, atol))
-        except Exception as error:  # an operator without an ONNX mapping, e.g. ps_roi_align
+        except Exception as error:  # e.g. an operator without an ONNX mapping
             row.update(exported=f"no: {type(error).__name__}: {_first_line(error)}")
         rows.append(row)
     return rows

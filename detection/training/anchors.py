@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from detection.models import build_from_spec
-from detection.models.heads.anchors import AUTO, derive_anchor_sizes, detector_coverage, to_input_pixels
+from detection.models.heads.anchors import AUTO, derive_anchor_sizes, to_input_pixels
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ def training_boxes(
 def resolve_anchor_sizes(detector: Mapping[str, Any], datamodule: Any) -> list[list[float]] | None:
     """The anchor sizes that replace ``anchor_sizes: auto`` in a detector spec (None when not asked).
 
-    As many levels as the detector's FPN has and as many sizes per level as its generator would
-    make (RetinaNet's scales per octave, one for an RPN), spread over the training boxes' sides.
+    As many levels and sizes per level as the head's sized anchor generator has (its
+    ``sized_anchor_generator`` hook: RetinaNet's scales per octave, one for an RPN), spread over the
+    training boxes' sides. A head without one cannot take ``auto``.
     """
     if detector.get("anchor_sizes") != AUTO:
         return None
@@ -57,7 +58,9 @@ def resolve_anchor_sizes(detector: Mapping[str, Any], datamodule: Any) -> list[l
     probe_spec["anchor_sizes"] = None
     probe_spec["backbone"] = {**probe_spec["backbone"], "weights": None}
     probe = build_from_spec(probe_spec)
-    generator = probe.rpn.anchor_generator if hasattr(probe, "rpn") else probe.anchor_generator
+    generator = probe.sized_anchor_generator()
+    if generator is None:
+        raise ValueError(f"head {detector.get('head')!r} has no anchors to size: remove anchor_sizes=auto")
     boxes, _ = training_boxes(
         datamodule, int(detector.get("min_size", 128)), int(detector.get("max_size", 128))
     )
@@ -69,8 +72,9 @@ def resolve_anchor_sizes(detector: Mapping[str, Any], datamodule: Any) -> list[l
 
 class AnchorCoverageReport(L.Callback):
     """Before the first step, one line: the share of training boxes the detector's positive
-    assignment can reach (anchors: best IoU >= the positive threshold; FCOS: a level accepts the
-    box), and a warning naming the knob below 90 %. Wired in by the training pipeline."""
+    assignment can reach (its ``anchor_coverage`` hook; anchors: best IoU >= the positive threshold;
+    FCOS: a level accepts the box), and a warning naming the knob below 90 %; for a head without
+    fixed anchors, a line that says so. Wired in by the training pipeline."""
 
     def __init__(self) -> None:
         self.coverage = None
@@ -83,7 +87,10 @@ class AnchorCoverageReport(L.Callback):
             return
         transform = detector.transform
         boxes, sizes = training_boxes(datamodule, int(transform.min_size[0]), int(transform.max_size))
-        self.coverage = detector_coverage(detector, boxes, sizes)
+        self.coverage = detector.anchor_coverage(boxes, sizes)
+        if self.coverage is None:
+            log.info("anchor coverage: %s assigns positives without fixed anchors", type(detector).__name__)
+            return
         log.info(self.coverage.line())
         warning = self.coverage.warning()
         if warning:

@@ -29,6 +29,7 @@ from torchvision.ops import box_iou
 from detection.models.heads.atss import atss_assign
 
 AUTO = "auto"
+COVERAGE_KNOB = "model.detector.anchor_sizes (auto derives them from the data) or model.detector.anchor_scale"
 # Below this share of covered boxes, a run warns and names the knob to change.
 COVERAGE_WARNING = 0.9
 
@@ -259,44 +260,3 @@ def to_input_pixels(
     height, width = image_size
     scale = min(min_size / min(height, width), max_size / max(height, width))
     return boxes * scale, (round(height * scale), round(width * scale))
-
-
-def detector_coverage(
-    model: torch.nn.Module, boxes: Sequence[Tensor], input_sizes: Sequence[tuple[int, int]]
-) -> Coverage:
-    """The coverage of `model`'s positive assignment: RetinaNet's or the RPN's anchors, or FCOS's
-    levels (the model's own generator, strides and thresholds)."""
-    knob = "model.detector.anchor_sizes (auto derives them from the data) or model.detector.anchor_scale"
-    strides = model.backbone.strides
-    if hasattr(model, "rpn"):
-        rpn = model.rpn
-        return anchor_coverage(
-            "RPN anchors",
-            rpn.anchor_generator,
-            strides,
-            boxes,
-            input_sizes,
-            rpn.proposal_matcher.high_threshold,
-            knob,
-        )
-    if hasattr(model, "center_sampling_radius"):
-        return fcos_coverage(strides, model.center_sampling_radius, boxes, input_sizes)
-    if getattr(model, "assignment", "iou") == "atss":
-        return atss_coverage(
-            "RetinaNet anchors (ATSS)",
-            model.anchor_generator,
-            strides,
-            boxes,
-            input_sizes,
-            model.atss_topk,
-            f"{knob}, or model.detector.atss_topk",
-        )
-    return anchor_coverage(
-        "RetinaNet anchors",
-        model.anchor_generator,
-        strides,
-        boxes,
-        input_sizes,
-        model.proposal_matcher.high_threshold,
-        knob,
-    )

@@ -1,37 +1,10 @@
-"""Pieces shared by the heads: the parts a detector declares and the input transform."""
+"""The input transform every head uses: torchvision's, normalising with the backbone's record."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detection.models.backbones import Backbone, Normalization
-
-
-class DetectorParts:
-    """What every detector of `build_detector` declares about itself (a mixin of the detector classes).
-
-    ``backbone.body`` is the classification `Backbone`; everything else (FPN, heads) is the part
-    trained from scratch. Optimiser groups, fine-tuning schedules and freezing use these instead of
-    guessing from parameter names.
-    """
-
-    backbone: nn.Module
-
-    @property
-    def body(self) -> Backbone:
-        return self.backbone.body
-
-    def backbone_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """(name, parameter) of the classification backbone, names as in ``named_parameters()``."""
-        return self.backbone.body.named_parameters(prefix="backbone.body")
-
-    def head_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """(name, parameter) of everything that is not the classification backbone."""
-        own = {id(p) for _, p in self.backbone_parameters()}
-        return ((n, p) for n, p in self.named_parameters() if id(p) not in own)
 
 
 class DetectionTransform(GeneralizedRCNNTransform):

@@ -7,10 +7,12 @@ from typing import Any
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from detection.models.heads.contract import register_head
 from detection.models.heads.rcnn import RCNN, build_rcnn
 from detection.models.necks import DetectorBackbone
 
 
+@register_head("faster_rcnn", neck={"extra_levels": "maxpool"}, options_from=(build_rcnn,))
 def build_faster_rcnn(
     backbone: DetectorBackbone,
     num_classes: int,

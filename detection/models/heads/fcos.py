@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from torch import Tensor
 from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 
-from detection.models.heads.anchors import anchor_generator
-from detection.models.heads.common import DetectorParts, build_transform
+from detection.models.heads.anchors import Coverage, anchor_generator, fcos_coverage
+from detection.models.heads.classes import replace_dense_classifier
+from detection.models.heads.common import build_transform
+from detection.models.heads.contract import Detector, register_head
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
 from detection.models.precision import Float32Predictions
 
 
-class FCOSDetector(DetectorParts, FCOS):
-    """torchvision's FCOS that declares its parts (`DetectorParts`)."""
+class FCOSDetector(Detector, FCOS):
+    """torchvision's FCOS under the head contract (`Detector`)."""
+
+    def anchor_coverage(self, boxes: Sequence[Tensor], input_sizes: Sequence[tuple[int, int]]) -> Coverage:
+        return fcos_coverage(self.backbone.strides, self.center_sampling_radius, boxes, input_sizes)
+
+    def replace_classifier(self, num_classes: int, prior_probability: float = 0.01) -> None:
+        replace_dense_classifier(self, num_classes, prior_probability)
 
 
 class FCOSPredictionHead(Float32Predictions, FCOSHead):
     """torchvision's FCOS head whose predictions are float32 under autocast (`detection.models.precision`)."""
 
 
+@register_head("fcos", neck={"extra_levels": "p6p7", "p6p7_from": "p5"})
 def build_fcos(
     backbone: DetectorBackbone,
     num_classes: int,

@@ -8,13 +8,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import _box_loss
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.ops import box_iou, sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
-from detection.models.heads.anchors import anchor_generator
+from detection.models.heads.anchors import (
+    COVERAGE_KNOB,
+    Coverage,
+    anchor_coverage,
+    anchor_generator,
+    atss_coverage,
+)
 from detection.models.heads.atss import ASSIGNMENTS, atss_assign
-from detection.models.heads.common import DetectorParts, build_transform
+from detection.models.heads.classes import replace_dense_classifier
+from detection.models.heads.common import build_transform
+from detection.models.heads.contract import Detector, register_head
 from detection.models.necks import DetectorBackbone
 from detection.models.norms import head_norm_layer
 from detection.models.precision import Float32Predictions
@@ -23,8 +32,8 @@ BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 LOSS_NORMALIZATIONS = ("batch", "image")
 
 
-class RetinaNetDetector(DetectorParts, RetinaNet):
-    """torchvision's RetinaNet that declares its parts (`DetectorParts`), picks its positive anchors
+class RetinaNetDetector(Detector, RetinaNet):
+    """torchvision's RetinaNet under the head contract (`Detector`) that picks its positive anchors
     by a fixed IoU threshold (``assignment="iou"``, torchvision's matcher) or by ATSS, and divides
     its losses by the positives of the whole batch (``loss_normalization="batch"``) or, as
     torchvision does, by each image's own (``"image"``)."""
@@ -32,6 +41,25 @@ class RetinaNetDetector(DetectorParts, RetinaNet):
     assignment: str = "iou"
     atss_topk: int = 9
     loss_normalization: str = "batch"
+
+    def anchor_coverage(self, boxes: Sequence[Tensor], input_sizes: Sequence[tuple[int, int]]) -> Coverage:
+        strides = self.backbone.strides
+        if self.assignment == "atss":
+            part, knob = "RetinaNet anchors (ATSS)", f"{COVERAGE_KNOB}, or model.detector.atss_topk"
+            return atss_coverage(
+                part, self.anchor_generator, strides, boxes, input_sizes, self.atss_topk, knob
+            )
+        threshold = self.proposal_matcher.high_threshold
+        generator = self.anchor_generator
+        return anchor_coverage(
+            "RetinaNet anchors", generator, strides, boxes, input_sizes, threshold, COVERAGE_KNOB
+        )
+
+    def sized_anchor_generator(self) -> AnchorGenerator:
+        return self.anchor_generator
+
+    def replace_classifier(self, num_classes: int, prior_probability: float = 0.01) -> None:
+        replace_dense_classifier(self, num_classes, prior_probability)
 
     def compute_loss(
         self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor]
@@ -108,6 +136,7 @@ def _tower(channels: int, num_convs: int, head_norm: str) -> nn.Sequential:
     return tower
 
 
+@register_head("retinanet", neck={"extra_levels": "p6p7", "p6p7_from": "c5"})
 def build_retinanet(
     backbone: DetectorBackbone,
     num_classes: int,

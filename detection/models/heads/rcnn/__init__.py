@@ -15,10 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from detection.models.heads.common import DetectionTransform, DetectorParts, build_transform
+from detection.models.heads.anchors import COVERAGE_KNOB, Coverage, anchor_coverage
+from detection.models.heads.classes import replace_rcnn_predictor
+from detection.models.heads.common import DetectionTransform, build_transform
+from detection.models.heads.contract import Detector
 from detection.models.heads.rcnn.roi import build_roi_heads
 from detection.models.heads.rcnn.rpn import FeatureSelectRPN, build_rpn
 from detection.models.necks import DetectorBackbone
@@ -34,8 +38,9 @@ __all__ = [
 ]
 
 
-class RCNN(DetectorParts, GeneralizedRCNN):
-    """GeneralizedRCNN whose labels are [0, num_classes) in and out (background handled inside)."""
+class RCNN(Detector, GeneralizedRCNN):
+    """GeneralizedRCNN under the head contract (`Detector`), whose labels are [0, num_classes) in
+    and out (background handled inside). Anchors: the RPN's."""
 
     def __init__(
         self,
@@ -57,6 +62,20 @@ class RCNN(DetectorParts, GeneralizedRCNN):
         if self.training:
             return out
         return [{**d, "labels": d["labels"] - 1} for d in out]
+
+    def anchor_coverage(self, boxes: Sequence[Tensor], input_sizes: Sequence[tuple[int, int]]) -> Coverage:
+        rpn = self.rpn
+        threshold = rpn.proposal_matcher.high_threshold
+        strides = self.backbone.strides
+        return anchor_coverage(
+            "RPN anchors", rpn.anchor_generator, strides, boxes, input_sizes, threshold, COVERAGE_KNOB
+        )
+
+    def sized_anchor_generator(self) -> AnchorGenerator:
+        return self.rpn.anchor_generator
+
+    def replace_classifier(self, num_classes: int, prior_probability: float = 0.01) -> None:
+        replace_rcnn_predictor(self, num_classes)
 
 
 # torchvision's Faster R-CNN values, made for COCO inputs resized to 800 x 1333
@@ -97,6 +116,7 @@ def build_rcnn(
     box_roi_pool: nn.Module,
     box_head: nn.Module,
     representation_size: int,
+    detector_class: type[RCNN] | None = None,
     *,
     min_size: int = 128,
     max_size: int = 128,
@@ -125,7 +145,8 @@ def build_rcnn(
     box_positive_fraction: float = 0.25,
     bbox_reg_weights: Sequence[float] | None = None,
 ) -> RCNN:
-    """An R-CNN around the RoI subnet (`box_roi_pool` -> `box_head` -> `representation_size`).
+    """An R-CNN (`detector_class`, an `RCNN` by default) around the RoI subnet (`box_roi_pool` ->
+    `box_head` -> `representation_size`).
 
     Anchors: ``scales_per_octave`` sizes per FPN level from ``anchor_scale x stride`` (or
     `anchor_sizes`) with `aspect_ratios`; the default (4, one size) gives 32 px at stride 8, the
@@ -176,4 +197,4 @@ def build_rcnn(
         detections_per_img=box_detections_per_img,
     )
     transform = build_transform(backbone.body, min_size, max_size, size_divisible)
-    return RCNN(backbone, rpn, roi_heads, transform, num_classes)
+    return (detector_class or RCNN)(backbone, rpn, roi_heads, transform, num_classes)
