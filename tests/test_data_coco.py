@@ -1,4 +1,5 @@
-"""COCO reader: every bad-input case ends in a message naming file, record and fix; odd images decode."""
+"""COCO reader (through the reader path the data module uses): every bad-input case ends in a message
+naming file, record and fix; odd images decode."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from detection.data import CocoDetection, CocoFormatError, read_image
+from detection.data import CocoFormatError, DetectionDataModule, DetectionDataset, make_reader, read_image
+
+
+def _coco(
+    image_dir: Path, ann_file: Path, *, invalid_boxes: str = "error", cache_images: bool = False
+) -> DetectionDataset:
+    """The split `ann_file` + `image_dir` as the data module reads it (`SplitReader.dataset`)."""
+    reader = make_reader(
+        "coco", None, {"train": (str(ann_file), str(image_dir))}, invalid_boxes=invalid_boxes
+    )
+    return reader.dataset("train", cache_images=cache_images)
 
 
 def _write_set(
@@ -48,7 +59,7 @@ def _write_set(
 def _error(tmp_path: Path, **kwargs: Any) -> str:
     image_dir, ann_file = _write_set(tmp_path, **kwargs)
     with pytest.raises(CocoFormatError) as info:
-        CocoDetection(image_dir, ann_file)
+        _coco(image_dir, ann_file)
     message = str(info.value)
     assert str(ann_file) in message
     return message
@@ -61,7 +72,7 @@ def _ann(**changes: Any) -> list[dict]:
 
 def test_good_set_maps_categories_and_keeps_negatives(tmp_path: Path) -> None:
     image_dir, ann_file = _write_set(tmp_path)
-    dataset = CocoDetection(image_dir, ann_file)
+    dataset = _coco(image_dir, ann_file)
     assert dataset.class_names == ["three", "seven"]  # sorted by category id
     assert dataset.category_ids == [3, 7] and dataset.num_classes == 2
     assert dataset.image_ids == [1, 2, 3] and len(dataset) == 3
@@ -90,13 +101,13 @@ def test_not_coco(tmp_path: Path, content: bytes, expected: str) -> None:
     ann_file = tmp_path / "broken.json"
     ann_file.write_bytes(content)
     with pytest.raises(CocoFormatError) as info:
-        CocoDetection(tmp_path, ann_file)
+        _coco(tmp_path, ann_file)
     assert str(ann_file) in str(info.value) and expected in str(info.value)
 
 
 def test_missing_annotation_file(tmp_path: Path) -> None:
     with pytest.raises(CocoFormatError, match="annotation file not found"):
-        CocoDetection(tmp_path, tmp_path / "nope.json")
+        _coco(tmp_path, tmp_path / "nope.json")
 
 
 def test_record_type_errors(tmp_path: Path) -> None:
@@ -118,7 +129,7 @@ def test_missing_image_file_named_at_load(tmp_path: Path) -> None:
     image_dir, ann_file = _write_set(tmp_path)
     (image_dir / "2.png").unlink()
     with pytest.raises(CocoFormatError) as info:
-        CocoDetection(image_dir, ann_file)
+        _coco(image_dir, ann_file)
     message = str(info.value)
     assert "'2.png' (image id 2)" in message and str(image_dir) in message and "1 of 3" in message
 
@@ -132,7 +143,7 @@ def test_unreadable_image_named_at_read(tmp_path: Path, damage: str) -> None:
     else:
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
         path.write_bytes(path.read_bytes()[:200])
-    dataset = CocoDetection(image_dir, ann_file)  # existence is all that is checked up front
+    dataset = _coco(image_dir, ann_file)  # existence is all that is checked up front
     with pytest.raises(CocoFormatError) as info:
         dataset[1]
     message = str(info.value)
@@ -163,7 +174,7 @@ def test_empty_box(tmp_path: Path, bbox: list[float]) -> None:
 def test_box_outside_is_clipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     image_dir, ann_file = _write_set(tmp_path, annotations=_ann(bbox=[-3, 20, 10, 20]))
     with caplog.at_level(logging.WARNING):
-        dataset = CocoDetection(image_dir, ann_file)
+        dataset = _coco(image_dir, ann_file)
     assert dataset.stats.clipped == 1
     assert dataset[0][1]["boxes"].tolist() == [[0, 20, 7, 30]]
     assert "clipped 1 box" in caplog.text and "annotation id 5" in caplog.text
@@ -179,7 +190,7 @@ def test_box_wholly_outside_refused_or_error(tmp_path: Path) -> None:
             {"id": 7, "image_id": 1, "category_id": 3, "bbox": [1, 1, 3, 3]},
         ],
     )
-    dataset = CocoDetection(image_dir, ann_file, invalid_boxes="drop")
+    dataset = _coco(image_dir, ann_file, invalid_boxes="drop")
     assert dataset.stats.refused == 2 and dataset.stats.boxes == 1
 
 
@@ -198,7 +209,7 @@ def test_size_mismatch_named(tmp_path: Path) -> None:
     image_dir, ann_file = _write_set(tmp_path)
     Image.new("RGB", (30, 40)).save(image_dir / "1.png")
     with pytest.raises(CocoFormatError, match=r"1.png: decodes to 30x40 .* says 40x30"):
-        CocoDetection(image_dir, ann_file)[0]
+        _coco(image_dir, ann_file)[0]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK", "1"])
@@ -242,7 +253,7 @@ def test_exif_rotation_keeps_boxes_on_the_object(tmp_path: Path) -> None:
             }
         )
     )
-    image, target = CocoDetection(image_dir, ann_file)[0]
+    image, target = _coco(image_dir, ann_file)[0]
     assert image.shape == (3, 60, 40)
     x0, y0, x1, y1 = (int(v) for v in target["boxes"][0])
     inside = image[:, y0:y1, x0:x1].float().mean(dim=(1, 2))
@@ -250,9 +261,31 @@ def test_exif_rotation_keeps_boxes_on_the_object(tmp_path: Path) -> None:
     assert image[0].float().mean() < 80  # and the rest is dark
 
 
+def test_class_mismatch_names_the_class_and_the_file(tmp_path: Path) -> None:
+    # a stray category 'hat' (one box) beside 'three' and 'seven' (two boxes each)
+    box = {"area": 4, "iscrowd": 0, "bbox": [1, 1, 2, 2]}
+    annotations = [
+        {**box, "id": i, "image_id": 1 + i % 2, "category_id": c} for i, c in enumerate((3, 3, 7, 7, 9), 1)
+    ]
+    categories = [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}, {"id": 9, "name": "hat"}]
+    image_dir, ann_file = _write_set(tmp_path, annotations=annotations, categories=categories)
+    files = {"train_ann": str(ann_file), "train_images": str(image_dir), "print_summary": False}
+    for expected, stray in (
+        ({"num_classes": 2}, "classes in the data but not expected"),
+        ({"class_names": ["three", "seven"]}, "classes in the data but not in data.class_names"),
+    ):
+        with pytest.raises(ValueError) as info:
+            DetectionDataModule(**files, **expected).check_splits(["train"])
+        message = str(info.value)
+        assert stray in message and "\n" not in message
+        named = message.split(stray)[1]
+        assert "'hat' (" in named and f"first in {ann_file})" in named
+        assert "'three'" not in named and "'seven'" not in named
+
+
 def test_cache_images_gives_the_same_items(tmp_path: Path) -> None:
     image_dir, ann_file = _write_set(tmp_path)
-    cached = CocoDetection(image_dir, ann_file, cache_images=True)
+    cached = _coco(image_dir, ann_file, cache_images=True)
     for path in image_dir.iterdir():
         path.unlink()  # decoded already: files no longer needed
     plain_image = cached[0][0]

@@ -114,6 +114,37 @@ def test_missing_split_and_explicit_layout(fashiondet_small_root: Path, tmp_path
     assert len(dm.datasets["val"]) == 24 and "train" not in dm.datasets
 
 
+def test_a_format_is_its_registered_reader(fashiondet_small_root: Path, tmp_path: Path) -> None:
+    from detection.data import FORMATS, make_reader, register_format
+    from detection.data.formats import CocoReader, registry
+
+    assert tuple(FORMATS) == ("coco", "voc", "yolo")
+    with pytest.raises(
+        ValueError, match=r"unknown data.format 'flat'; choose one of \('coco', 'voc', 'yolo'\)"
+    ):
+        make_reader("flat", tmp_path)
+    root = tmp_path / "flat"
+    (root / "val").mkdir(parents=True)
+    shutil.copy(fashiondet_small_root / "annotations" / "instances_val.json", root / "val.json")
+    for image in (fashiondet_small_root / "val").iterdir():
+        shutil.copy(image, root / "val" / image.name)
+    try:
+
+        @register_format("flat")  # COCO files as <split>.json beside <split>/: one module, nothing else
+        class FlatCocoReader(CocoReader):
+            def default_paths(self, split: str) -> tuple[str, str]:
+                return f"{split}.json", split
+
+        assert FORMATS["flat"] is FlatCocoReader and FlatCocoReader.format == "flat"
+        module = DetectionDataModule(root=root, format="flat", print_summary=False)
+        module.setup("validate")
+        assert len(module.datasets["val"]) == 24 and module.num_classes == 10
+        with pytest.raises(ValueError, match="'flat' is registered already by .*FlatCocoReader"):
+            register_format("flat")(type("Other", (CocoReader,), {}))
+    finally:
+        registry._READERS.pop("flat", None)
+
+
 def test_categories_must_agree_between_splits(fashiondet_small_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "fd"
     shutil.copytree(fashiondet_small_root, root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,10 +132,11 @@ def test_same_count_other_names_warns(
     names = [f"class{i}" for i in range(10)]
     with caplog.at_level(logging.WARNING):
         _trainer().test(_task(), datamodule=_data(_relabelled(fashiondet_small_root, tmp_path / "d", names)))
-    assert (
-        "Class names of the data (['class0'" in caplog.text
-        and "differ from the checkpoint's (['T-shirt/top'" in caplog.text
-    )
+    # each differing class named, the data's with the file it is first in
+    assert "Class names of the data differ from the checkpoint's" in caplog.text
+    pattern = r"not in the checkpoint: 'class0' \(first in \S+annotations/instances_train\.json\)"
+    assert re.search(pattern, caplog.text), caplog.text
+    assert "in the checkpoint but not in the data: 'T-shirt/top'" in caplog.text
 
 
 def test_other_count_is_an_error_or_a_new_classification_layer(
@@ -142,7 +144,8 @@ def test_other_count_is_an_error_or_a_new_classification_layer(
 ) -> None:
     data = _data(_relabelled(fashiondet_small_root, tmp_path / "d", ["top", "bottom", "shoe"]))
     with pytest.raises(
-        ValueError, match=r"predicts 10 classes \(\['T-shirt/top'.* but the data has 3 \(\['top'"
+        ValueError,
+        match=r"predicts 10 classes \(\['T-shirt/top'.* data has 3 \(\['top'.*'top' \(first in \S+\.json",
     ):
         _trainer().test(_task(), datamodule=data)
     task = _task(reset_classes=True)

@@ -123,6 +123,22 @@ def test_unknown_class_names_the_object(tmp_path: Path) -> None:
     assert "data.class_names: ['dog', 'bird']" in message
 
 
+def test_stray_class_against_num_classes_names_the_class_and_its_xml(tmp_path: Path) -> None:
+    # classes from the annotations: a stray 'hat' makes 3 where data.num_classes says 2
+    objects = {"000005": ["dog", "cat"], "000006": ["dog", "cat"], "000009": ["hat"]}
+    annotations = {
+        i: _xml(f"{i}.jpg", [_object(n, (1, 1, 10, 5)) for n in names]) for i, names in objects.items()
+    }
+    root = _write(tmp_path, annotations, {f"{i}.jpg": (40, 30) for i in objects}, list(objects))
+    with pytest.raises(ValueError) as info:
+        _train(root, num_classes=2)
+    message = str(info.value)
+    assert "has 3 categories but data.num_classes=2" in message and "\n" not in message
+    stray = message.split("classes in the data but not expected")[1]
+    assert f"'hat' (1 box, first in {root / 'Annotations' / '000009.xml'})" in stray
+    assert "'dog'" not in stray and "'cat'" not in stray  # two boxes each: not the likeliest strays
+
+
 def test_listed_image_missing_names_the_split_line(tmp_path: Path) -> None:
     root = _standard(tmp_path)
     (root / "JPEGImages" / "000007.png").unlink()

@@ -257,7 +257,7 @@ def _huge_png(path: Path, width: int, height: int) -> None:
 
 
 def test_decompression_bomb_refused_naming_the_file(tmp_path: Path) -> None:
-    from detection.data import CocoDetection
+    from detection.data import make_reader
 
     (tmp_path / "images").mkdir()
     _huge_png(tmp_path / "images" / "huge.png", 20_000, 20_000)  # 400 M pixels, 1.2 GB decoded
@@ -272,7 +272,7 @@ def test_decompression_bomb_refused_naming_the_file(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(CocoFormatError) as info:
-        CocoDetection(tmp_path / "images", ann_file)[0]
+        make_reader("coco", tmp_path, {"train": ("instances.json", "images")}).dataset("train")[0]
     message = str(info.value)
     assert str(tmp_path / "images" / "huge.png") in message and "DecompressionBombError" in message
 
@@ -281,7 +281,7 @@ def test_decompression_bomb_refused_naming_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model.detector.head=yolo", "unknown head 'yolo'; choose one of ('fcos', 'retinanet'"),
+        ("model.detector.head=yolo", "unknown head 'yolo'; choose one of ('faster_rcnn', 'fcos'"),
         ("model.backbone.name=resnet19", "unknown backbone 'resnet19'; choose one of resnet18"),
     ],
 )

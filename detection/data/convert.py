@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
+from detection.data.formats.voc import CLASS_LIST_FILE
+from detection.data.formats.yolo import DATA_YAML
 from detection.data.records import DetectionIndex, progress
-from detection.data.voc import CLASS_LIST_FILE
-from detection.data.yolo import DATA_YAML
 
 log = logging.getLogger(__name__)
 

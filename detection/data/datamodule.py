@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from detection.data.coco.validation import CocoFormatError
 from detection.data.dataset import DetectionDataset
 from detection.data.fashiondet import make_fashiondet
 from detection.data.folder import ImageFolder
+from detection.data.formats import make_reader
 from detection.data.loading import (
     EpochRandomSampler,
     EpochSequentialSampler,
@@ -31,7 +31,6 @@ from detection.data.loading import (
     eval_sampler,
     loader_options,
 )
-from detection.data.readers import make_reader
 from detection.data.records import DetectionStats, check_class_names
 from detection.data.transforms import build_eval_transforms, build_train_transforms
 
@@ -84,16 +83,16 @@ def summary_table(
 
 
 class DetectionDataModule(L.LightningDataModule):
-    """Train/val/test splits under `root` in one of `readers.FORMATS`, plus a folder of images to predict.
+    """Train/val/test splits under `root` in one of `formats.FORMATS`, plus a folder of images to predict.
 
-    Layouts under `root` (`detection.data.readers`): coco (FashionDet's) annotations/
+    Layouts under `root` (`detection.data.formats`): coco (FashionDet's) annotations/
     instances_<split>.json + <split>/; voc ImageSets/Main/<split>.txt + Annotations/ + JPEGImages/;
     yolo images/<split>/ + labels/<split>/ + data.yaml. Other places: `<split>_ann` and
     `<split>_images` per split (relative to `root`, or absolute).
 
     Args:
         root: the data set folder (relative paths are resolved against the launch directory).
-        format: "coco", "voc" or "yolo".
+        format: a name in `detection.data.formats.FORMATS`: "coco", "voc" or "yolo" built in.
         num_classes: expected number of classes; checked against the data (None: take it).
         class_names: VOC's class list (names or a file of names) when the root has no labels.txt;
             for COCO and YOLO, checked against the data's.
@@ -156,6 +155,8 @@ class DetectionDataModule(L.LightningDataModule):
         self.reader = make_reader(format, self.root, files, class_names, invalid_boxes)
         self.num_classes = num_classes
         self.class_names: list[str] | None = None
+        # class name -> the first file it is in (train split first): what a class mismatch names
+        self.class_sources: dict[str, str] = {}
         self.datasets: dict[str, DetectionDataset] = {}
         self.stats: dict[str, DetectionStats] = {}
         self.train_transforms = build_train_transforms(**(train_transforms or {}))
@@ -212,13 +213,11 @@ class DetectionDataModule(L.LightningDataModule):
         for split in SPLITS:
             if not self.reader.exists(split):
                 continue
-            self.datasets[split] = DetectionDataset(
-                self.reader.image_dir(split),
-                self.reader.read(split),
-                transforms=self.train_transforms if split == "train" else self.eval_transforms,
-                check_files=self.hparams.check_files and not self.reader.lists_images,
+            self.datasets[split] = self.reader.dataset(
+                split,
+                self.train_transforms if split == "train" else self.eval_transforms,
+                check_files=self.hparams.check_files,
                 cache_images=self.hparams.cache_images,
-                error=self.reader.error,
             )
             self.stats[split] = self.datasets[split].stats
         if not self.datasets:
@@ -228,14 +227,21 @@ class DetectionDataModule(L.LightningDataModule):
             if (dataset.category_ids, dataset.class_names) != (first.category_ids, first.class_names):
                 theirs = list(zip(dataset.category_ids, dataset.class_names))
                 ours = list(zip(first.category_ids, first.class_names))
-                raise CocoFormatError(
+                raise self.reader.error(
                     f"{dataset.ann_file}: categories {theirs} differ from those of the {first_split} split "
                     f"({first.ann_file}): {ours}. All splits must list the same categories"
                 )
-        given = self.reader.class_names if self.reader.format != "voc" else None
-        check_class_names(first.ann_file, first.class_names, given, self.num_classes)
+        counts, sources = {}, dict(first.index.class_sources)
+        for label, name in enumerate(first.class_names):
+            with_boxes = [d for d in self.datasets.values() if d.stats.boxes_per_class[label]]
+            counts[name] = sum(d.stats.boxes_per_class[label] for d in with_boxes)
+            if with_boxes and with_boxes[0] is not first:  # no box in the first split: a later one's file
+                sources[name] = with_boxes[0].index.class_sources[name]
+        expected = self.reader.expected_classes()
+        check_class_names(first.ann_file, first.class_names, expected, self.num_classes, sources, counts)
         self.num_classes = first.num_classes
         self.class_names = first.class_names
+        self.class_sources = sources
         if self.hparams.print_summary and not self._summary_printed and rank_zero_only.rank == 0:
             Console().print(self.summary())
         self._summary_printed = True

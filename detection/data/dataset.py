@@ -78,7 +78,7 @@ class DetectionDataset(Dataset):
 
     Args:
         image_dir: folder that the records' file_name are relative to.
-        index: the split, as a reader made it (`parse_coco`, `parse_voc`, `parse_yolo`).
+        index: the split, as a format's reader made it (`detection.data.formats`, `SplitReader.read`).
         transforms: a torchvision.transforms.v2 callable taking and returning (image, target).
         check_files: check at construction that every image file exists (cheap: one listing per folder).
         cache_images: decode every image once into memory (uint8), for small data sets.

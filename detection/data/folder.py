@@ -9,7 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from detection.data.coco import IMAGE_EXTENSIONS, read_image
+from detection.data.dataset import IMAGE_EXTENSIONS, read_image
 
 
 class ImageFolder(Dataset):

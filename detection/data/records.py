@@ -6,6 +6,8 @@
   that name the box in its own file; the builder refuses non-finite, empty or wholly outside boxes
   (an error naming the file and the object, or counted as refused with invalid_boxes="drop"),
   clips boxes partly outside their image and counts them, and logs both once per split.
+- `check_class_names`, `class_difference`: the data's classes against `data.class_names` /
+  `data.num_classes` (or a checkpoint's), naming each class that differs with the first file it is in.
 - `DataFormatError`: every reader's error is one of these (a ValueError: the pipelines end a run
   with its one line, no traceback).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 INVALID_BOX_POLICIES = ("error", "drop")
 _MAX_LISTED = 5
+_MAX_CLASSES_NAMED = 10
 # Reading fewer files than this takes well under a few seconds: no progress bar.
 PROGRESS_MIN_ITEMS = 500
 
@@ -76,6 +79,9 @@ class DetectionIndex:
     # so that a conversion carries them over
     crowd_boxes: list[np.ndarray] = field(default_factory=list)
     crowd_labels: list[np.ndarray] = field(default_factory=list)
+    # class name -> the first file of this split holding one of its boxes (COCO: the JSON, VOC: an
+    # XML, YOLO: a label file), else the file that lists the class: what a class mismatch names
+    class_sources: dict[str, str] = field(default_factory=dict)
 
 
 def check_policy(invalid_boxes: str) -> None:
@@ -112,7 +118,10 @@ class IndexBuilder:
         category_ids: Sequence[int] | None = None,
         invalid_boxes: str = "error",
         error: type[DataFormatError] = DataFormatError,
+        class_sources: Mapping[str, str | Path] | None = None,
     ) -> None:
+        """`class_sources`: where each class is listed (name -> file), for classes without a box
+        in this split (default: `ann_file`)."""
         check_policy(invalid_boxes)
         self.ann_file = Path(ann_file)
         self.images = images
@@ -127,6 +136,8 @@ class IndexBuilder:
         self._crowd: list[list[tuple[float, ...]]] = [[] for _ in images]
         self._clipped: list[str] = []
         self._refused: list[str] = []
+        self._listed_in = {str(k): str(v) for k, v in (class_sources or {}).items()}
+        self._first_file: dict[int, Path] = {}  # label -> the first file that holds one of its boxes
 
     def add(
         self,
@@ -145,6 +156,8 @@ class IndexBuilder:
         3"); `shown` is the box as its file writes it ("bbox [1, 2, 3, 4]"). A crowd box is
         counted and kept aside, never refused (it is not trained on).
         """
+        if label not in self._first_file:
+            self._first_file[label] = path
         x0, y0, x1, y1 = (float(v) for v in box)
         width, height = self.images[row]["width"], self.images[row]["height"]
         problem = None
@@ -207,21 +220,87 @@ class IndexBuilder:
             self.stats,
             crowd_boxes,
             crowd_labels,
+            {
+                name: str(self._first_file.get(label) or self._listed_in.get(name, self.ann_file))
+                for label, name in enumerate(self.class_names)
+            },
         )
+
+
+def _named(names: Sequence[str], sources: Mapping[str, str], counts: Mapping[str, int] | None = None) -> str:
+    """'hat' (2 boxes, first in a/b.xml), ... for at most `_MAX_CLASSES_NAMED` names."""
+    shown = []
+    for name in names[:_MAX_CLASSES_NAMED]:
+        about = []
+        if counts is not None and name in counts:
+            about.append(f"{counts[name]} box{'' if counts[name] == 1 else 'es'}")
+        if sources.get(name):
+            about.append(f"first in {sources[name]}")
+        shown.append(f"{name!r}" + (f" ({', '.join(about)})" if about else ""))
+    more = f" and {len(names) - _MAX_CLASSES_NAMED} more" if len(names) > _MAX_CLASSES_NAMED else ""
+    return ", ".join(shown) + more
+
+
+def class_difference(
+    found: Sequence[str], expected: Sequence[str], sources: Mapping[str, str], expected_as: str = "expected"
+) -> str:
+    """What differs between the data's classes `found` and the `expected` ones, each class of the
+    data with the file it is first in (`sources`, as `DetectionIndex.class_sources`), e.g.
+    "classes in the data but not expected: 'hat' (first in Annotations/000123.xml)"."""
+    expected_set, found_set = set(expected), set(found)
+    extra = [name for name in found if name not in expected_set]
+    missing = [name for name in expected if name not in found_set]
+    parts = []
+    if extra:
+        parts.append(f"classes in the data but not {expected_as}: {_named(extra, sources)}")
+    if missing:
+        parts.append(f"classes {expected_as} but not in the data: {_named(missing, {})}")
+    if not parts:
+        label = next((i for i, (a, b) in enumerate(zip(found, expected)) if a != b), 0)
+        parts.append(
+            f"the same classes in another order: label {label} is {_named([found[label]], sources)} in the "
+            f"data, {expected[label]!r} {expected_as}"
+        )
+    return "; ".join(parts)
 
 
 def check_class_names(
-    source: Path, found: Sequence[str], given: Sequence[str] | None, num_classes: int | None
+    source: Path,
+    found: Sequence[str],
+    given: Sequence[str] | None,
+    num_classes: int | None,
+    sources: Mapping[str, str] | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> None:
-    """`data.class_names` / `data.num_classes`, when set, must agree with the classes of the data."""
+    """`data.class_names` / `data.num_classes`, when set, must agree with the classes of the data.
+
+    The message names the classes that differ and, for each class of the data, the first file it
+    is in (`sources`); with only a number to go by, the classes with the fewest boxes (`counts`,
+    over all splits) are named as the likeliest strays.
+    """
+    sources = sources or {}
     if given is not None and list(given) != list(found):
+        difference = class_difference(found, given, sources, "in data.class_names")
         raise ValueError(
             f"{source}: the data's {len(found)} classes {list(found)} differ from data.class_names="
-            f"{list(given)} ({len(given)}). Fix data.class_names, or leave it unset to take the data's"
+            f"{list(given)} ({len(given)}): {difference}. Fix data.class_names or the class names in the "
+            "files named, or leave data.class_names unset to take the data's"
         )
     if num_classes is not None and int(num_classes) != len(found):
+        surplus = len(found) - int(num_classes)
+        if surplus > 0:
+            count = (counts or {}).get
+            by_count = sorted(found, key=lambda name: count(name, 0))
+            cut = count(by_count[surplus - 1], 0)  # classes tied with the last one named are named too
+            rarest = [name for name in by_count if count(name, 0) <= cut]
+            detail = (
+                f"classes in the data but not expected ({surplus} too many; the likeliest, with the fewest "
+                f"boxes): {_named(rarest, sources, counts)}"
+            )
+        else:
+            detail = f"{-surplus} fewer than expected; the data's classes: {_named(found, sources, counts)}"
         raise ValueError(
-            f"{source} has {len(found)} categories but data.num_classes={num_classes}. Set "
-            f"data.num_classes={len(found)} or leave it unset to take it from the data (the model's "
-            "num_classes follows it)"
+            f"{source} has {len(found)} categories but data.num_classes={num_classes}: {detail}. Fix the "
+            f"class name(s) in the file(s) named, or set data.num_classes={len(found)} or leave it unset to "
+            "take it from the data (the model's num_classes follows it)"
         )

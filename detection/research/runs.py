@@ -23,12 +23,9 @@ def split_images(
     root: str | Path, count: int, split: str = "test"
 ) -> tuple[list[Tensor], list[dict[str, Any]]]:
     """The first `count` images of a COCO-layout split as float [3,H,W] in [0,1], with targets."""
-    from detection.data import CocoDetection, build_eval_transforms
+    from detection.data import build_eval_transforms, make_reader
 
-    root = Path(root)
-    dataset = CocoDetection(
-        root / split, root / "annotations" / f"instances_{split}.json", transforms=build_eval_transforms()
-    )
+    dataset = make_reader("coco", Path(root)).dataset(split, build_eval_transforms())
     images, targets = [], []
     for i in range(min(count, len(dataset))):
         image, target = dataset[i]

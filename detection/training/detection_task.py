@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from detection.data.records import class_difference
 from detection.models import architecture_spec, build_from_spec
 from detection.models.backbones import Backbone
 from detection.models.heads.classes import replace_classifier
@@ -106,23 +107,24 @@ class DetectionTask(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(datamodule, "class_names", None)
         if names:
-            self._match_classes(list(names))
+            self._match_classes(list(names), getattr(datamodule, "class_sources", None) or {})
             # Saved with the checkpoint so that eval/predict name classes without the data.
             self.hparams.class_names = list(names)
 
-    def _match_classes(self, names: list[str]) -> None:
+    def _match_classes(self, names: list[str], sources: Mapping[str, str]) -> None:
         """The data's classes against the detector's: other names warn; another count is an error,
         or with reset_classes a new classification layer for the data's classes."""
         count, known = int(self.hparams.detector["num_classes"]), list(self.hparams.class_names or [])
+        difference = f": {class_difference(names, known, sources, 'in the checkpoint')}" if known else ""
         if len(names) == count:
             if known and known != names:
-                log.warning("Class names of the data (%s) differ from the checkpoint's (%s)", names, known)
+                log.warning("Class names of the data differ from the checkpoint's%s", difference)
             return
         if not self.hparams.reset_classes:
             raise ValueError(
                 f"The detector predicts {count} classes ({known or 'names unknown'}) but the data has "
-                f"{len(names)} ({names}). Use data with the detector's classes, or fine-tune with "
-                "model.task.reset_classes=true (with init_from=<checkpoint>) for a new classification layer"
+                f"{len(names)} ({names}){difference}. Use data with the detector's classes, or fine-tune "
+                "with model.task.reset_classes=true (with init_from=<checkpoint>) for a new classifier"
             )
         replace_classifier(self.detector, len(names))
         log.warning("New classification layer: %d classes (%s) instead of %d", len(names), names, count)

@@ -1,25 +1,22 @@
-"""Where each format keeps a split, and the reader that turns it into a `DetectionIndex`.
+"""The reader every format implements: `SplitReader`, the splits of one data set -> `DetectionIndex`.
 
 A reader knows its layout under `root` (or the per-split paths given instead), whether a split is
 there, and how to read and validate it; every reader returns the same record type, so the data
-module, the summary, the pictures and the converter never ask which format they hold.
-
-Layouts (the defaults; `<split>_ann` and `<split>_images` point elsewhere):
-- coco: annotations/instances_<split>.json, images in <split>/
-- voc:  ImageSets/Main/<split>.txt (one image id a line), Annotations/<id>.xml, JPEGImages/
-- yolo: images/<split>/ and labels/<split>/ (or the folders data.yaml names), data.yaml
+module, the summary, the pictures and the converter never ask which format they hold. A format is
+a subclass registered by name (`detection.data.formats.registry.register_format`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from detection.data.coco.validation import CocoFormatError, parse_coco
+from detection.data.dataset import DetectionDataset
 from detection.data.records import DataFormatError, DetectionIndex, check_policy
 
-FORMATS = ("coco", "voc", "yolo")
+__all__ = ["SplitPaths", "SplitReader", "read_class_list"]
+
 SplitPaths = tuple[str | None, str | None]
 
 
@@ -35,7 +32,7 @@ class SplitReader:
         invalid_boxes: "error" or "drop" (counted as refused).
     """
 
-    format = ""
+    format = ""  # the registered name (set by `register_format`)
     error: type[DataFormatError] = DataFormatError
     lists_images = False  # True: reading already found every image file (no separate check)
     ann_kind = "annotation file"
@@ -87,6 +84,35 @@ class SplitReader:
     def read(self, split: str) -> DetectionIndex:
         raise NotImplementedError
 
+    def expected_classes(self) -> list[str] | None:
+        """The class names the data must hold (`class_names` when given), None to take the data's.
+
+        A format whose files carry no class list (VOC) takes `class_names` as that list instead.
+        """
+        return self.class_names
+
+    def dataset(
+        self,
+        split: str,
+        transforms: Callable[..., Any] | None = None,
+        *,
+        check_files: bool = True,
+        cache_images: bool = False,
+    ) -> DetectionDataset:
+        """`split` read, validated and ready to index (see `DetectionDataset`).
+
+        check_files: check that every image file exists now (a reader that finds every image as it
+        reads, `lists_images`, has done so already). cache_images: decode every image once.
+        """
+        return DetectionDataset(
+            self.image_dir(split),
+            self.read(split),
+            transforms,
+            check_files=check_files and not self.lists_images,
+            cache_images=cache_images,
+            error=self.error,
+        )
+
     def layout(self, split: str) -> str:
         """The default layout of `split`, for messages."""
         raise NotImplementedError
@@ -98,43 +124,6 @@ class SplitReader:
             f"data.root to a folder laid out as {self.layout(split)} (data.format={self.format}), or point "
             f"data.{split}_ann and data.{split}_images at your files"
         )
-
-
-class CocoReader(SplitReader):
-    format = "coco"
-    error = CocoFormatError
-
-    def default_paths(self, split: str) -> tuple[str, str]:
-        return f"annotations/instances_{split}.json", split
-
-    def layout(self, split: str) -> str:
-        return f"annotations/instances_{split}.json + {split}/"
-
-    def read(self, split: str) -> DetectionIndex:
-        ann = self.paths(split)[0]
-        assert ann is not None
-        return parse_coco(ann, invalid_boxes=self.invalid_boxes)
-
-
-def make_reader(
-    format: str,
-    root: Path | None,
-    files: Mapping[str, SplitPaths] | None = None,
-    class_names: Sequence[str] | str | None = None,
-    invalid_boxes: str = "error",
-) -> SplitReader:
-    """The reader of `format` ("coco", "voc" or "yolo"); `class_names` may name a file of names."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown data.format {format!r}; choose one of {FORMATS}")
-    if isinstance(class_names, str):
-        class_names = read_class_list(Path(class_names).expanduser())
-    if format == "voc":
-        from detection.data.voc import VocReader as reader_class
-    elif format == "yolo":
-        from detection.data.yolo import YoloReader as reader_class
-    else:
-        reader_class = CocoReader
-    return reader_class(root, files, class_names, invalid_boxes)
 
 
 def read_class_list(path: Path) -> list[str]:

@@ -1,9 +1,12 @@
-"""Read and validate a COCO detection annotation file into per-image box and label arrays.
+"""COCO: annotations/instances_<split>.json, images in <split>/; the reader and the JSON's validation.
 
-Every problem ends in a CocoFormatError that names the file, the record and what to fix, except
-two counted repairs (the shared box checks of `detection.data.records.IndexBuilder`): a box
-partly outside its image is clipped, and (with invalid_boxes="drop") boxes that are non-finite,
-empty or wholly outside are refused instead of failing the run.
+- Any COCO detection set (an image folder and a JSON file) works: category ids map to contiguous
+  labels sorted by id (names kept), crowd boxes are kept aside (counted, not trained on), images
+  without boxes stay as negatives.
+- Every problem ends in a CocoFormatError that names the file, the record and what to fix, except
+  two counted repairs (the shared box checks of `detection.data.records.IndexBuilder`): a box
+  partly outside its image is clipped, and (with invalid_boxes="drop") boxes that are non-finite,
+  empty or wholly outside are refused instead of failing the run.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from detection.data.formats.base import SplitReader
+from detection.data.formats.registry import register_format
 from detection.data.records import (
     INVALID_BOX_POLICIES,
     DataFormatError,
@@ -21,7 +26,7 @@ from detection.data.records import (
     check_policy,
 )
 
-__all__ = ["INVALID_BOX_POLICIES", "CocoFormatError", "CocoIndex", "CocoStats", "parse_coco"]
+__all__ = ["INVALID_BOX_POLICIES", "CocoFormatError", "CocoIndex", "CocoReader", "CocoStats", "parse_coco"]
 
 # One record type for every format; the COCO names stay for the code that knows them.
 CocoStats = DetectionStats
@@ -214,3 +219,19 @@ def _images(path: Path, records: list[Any]) -> list[dict[str, Any]]:
         first_of[image_id] = position
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
     return images
+
+
+@register_format("coco")
+class CocoReader(SplitReader):
+    error = CocoFormatError
+
+    def default_paths(self, split: str) -> tuple[str, str]:
+        return f"annotations/instances_{split}.json", split
+
+    def layout(self, split: str) -> str:
+        return f"annotations/instances_{split}.json + {split}/"
+
+    def read(self, split: str) -> DetectionIndex:
+        ann = self.paths(split)[0]
+        assert ann is not None
+        return parse_coco(ann, invalid_boxes=self.invalid_boxes)

@@ -22,8 +22,11 @@ from typing import Any
 import yaml
 
 from detection.data.dataset import IMAGE_EXTENSIONS, upright_size
-from detection.data.readers import SplitReader
+from detection.data.formats.base import SplitReader
+from detection.data.formats.registry import register_format
 from detection.data.records import DataFormatError, DetectionIndex, IndexBuilder, progress
+
+__all__ = ["DATA_YAML", "YoloFormatError", "YoloReader", "labels_dir_of", "read_data_yaml"]
 
 DATA_YAML = "data.yaml"
 _SPLIT_KEYS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
@@ -75,8 +78,8 @@ def read_data_yaml(path: Path) -> dict[str, Any]:
     return {**data, "names": names}
 
 
+@register_format("yolo")
 class YoloReader(SplitReader):
-    format = "yolo"
     error = YoloFormatError
     lists_images = True
     ann_kind = "image folder"
@@ -86,9 +89,10 @@ class YoloReader(SplitReader):
         if "data" not in self._cache:
             path = self.root / DATA_YAML if self.root is not None else None
             if path is not None and (path.is_file() or self.class_names is None):
-                self._cache["data"] = read_data_yaml(path)
+                self._cache["data"], self._cache["names_from"] = read_data_yaml(path), str(path)
             else:
                 self._cache["data"] = {"names": self.class_names}
+                self._cache["names_from"] = "data.class_names"
         return self._cache["data"]
 
     def default_paths(self, split: str) -> tuple[str, str]:
@@ -132,7 +136,13 @@ class YoloReader(SplitReader):
             width, height = upright_size(image_dir / file_name)
             records.append({"id": i, "file_name": file_name, "width": width, "height": height})
         builder = IndexBuilder(
-            labels_dir, records, names, invalid_boxes=self.invalid_boxes, error=YoloFormatError
+            labels_dir,
+            records,
+            names,
+            invalid_boxes=self.invalid_boxes,
+            error=YoloFormatError,
+            # a class with boxes: its first label file, else where the names are
+            class_sources=dict.fromkeys(names, self._cache["names_from"]),
         )
         for row, record in enumerate(records):
             label_file = labels_dir / PurePosixPath(record["file_name"]).with_suffix(".txt")

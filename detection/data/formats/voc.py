@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detection.data.dataset import IMAGE_EXTENSIONS, upright_size
-from detection.data.readers import SplitReader, read_class_list
+from detection.data.formats.base import SplitReader, read_class_list
+from detection.data.formats.registry import register_format
 from detection.data.records import DataFormatError, DetectionIndex, IndexBuilder, progress
+
+__all__ = ["CLASS_LIST_FILE", "VocFormatError", "VocReader", "parse_voc_xml"]
 
 CLASS_LIST_FILE = "labels.txt"
 
@@ -101,8 +104,8 @@ def parse_voc_xml(xml: Path, where: str) -> tuple[ET.Element, list[VocObject]]:
     return root, objects
 
 
+@register_format("voc")
 class VocReader(SplitReader):
-    format = "voc"
     error = VocFormatError
     lists_images = True
     ann_kind = "split file"
@@ -121,26 +124,33 @@ class VocReader(SplitReader):
             return self.root / "Annotations"
         return split_file.parent.parent.parent / "Annotations"
 
-    def classes(self) -> tuple[list[str], str]:
-        """(class names, where they came from)."""
+    def expected_classes(self) -> list[str] | None:
+        return None  # data.class_names is the class list itself
+
+    def classes(self) -> tuple[list[str], str, dict[str, str]]:
+        """(class names, where they came from, the file that names each class)."""
         if "classes" not in self._cache:
             listed = self.root / CLASS_LIST_FILE if self.root is not None else None
             if self.class_names is not None:
-                self._cache["classes"] = (self.class_names, "data.class_names")
+                names, source = self.class_names, "data.class_names"
+                sources = dict.fromkeys(names, source)
             elif listed is not None and listed.is_file():
-                self._cache["classes"] = (read_class_list(listed), str(listed))
+                names, source = read_class_list(listed), str(listed)
+                sources = dict.fromkeys(names, source)
             else:
-                names = {o.name for s in ("train", "val", "test") if self.exists(s) for o in self._objects(s)}
-                if not names:
+                sources = {}  # name -> the first XML with an object of it, over the splits in order
+                for split in ("train", "val", "test"):
+                    for image in self._split(split) if self.exists(split) else ():
+                        for obj in image.objects:
+                            sources.setdefault(obj.name, str(image.xml))
+                if not sources:
                     raise VocFormatError(
                         f"{self.root}: no object in any split and no {CLASS_LIST_FILE}: the classes are "
                         "unknown. Write them one a line in labels.txt or set data.class_names"
                     )
-                self._cache["classes"] = (sorted(names), "the annotations")
+                names, source = sorted(sources), "the annotations"
+            self._cache["classes"] = (names, source, sources)
         return self._cache["classes"]
-
-    def _objects(self, split: str) -> list[VocObject]:
-        return [o for image in self._split(split) for o in image.objects]
 
     def _split(self, split: str) -> list[VocImage]:
         if split not in self._cache:
@@ -183,7 +193,7 @@ class VocReader(SplitReader):
         return images
 
     def read(self, split: str) -> DetectionIndex:
-        names, source = self.classes()
+        names, source, sources = self.classes()
         label_of = {name: label for label, name in enumerate(names)}
         voc_images = self._split(split)
         records = [
@@ -191,7 +201,12 @@ class VocReader(SplitReader):
             for i, im in enumerate(voc_images, 1)
         ]
         builder = IndexBuilder(
-            self.paths(split)[0], records, names, invalid_boxes=self.invalid_boxes, error=VocFormatError
+            self.paths(split)[0],
+            records,
+            names,
+            invalid_boxes=self.invalid_boxes,
+            error=VocFormatError,
+            class_sources=sources,
         )
         for row, image in enumerate(voc_images):
             for obj in image.objects:
