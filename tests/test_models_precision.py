@@ -13,20 +13,19 @@ import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-from detection.models import Backbone, build_backbone, build_detector, head_names
+from detection.models import Backbone, build_backbone, build_detector, head_knobs, head_names
 from detection.models.heads.anchors import anchor_generator
-from detection.models.precision import float32
+from detection.models.precision import Float32Predictions, float32
 
 SIZE = 160
 NUM_CLASSES = 4
 LOW = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
-# every detection an untrained head proposes: the comparison needs many boxes, not good ones
-NO_THRESHOLD = {
-    "fcos": {"score_thresh": 0.0},
-    "retinanet": {"score_thresh": 0.0},
-    "faster_rcnn": {"box_score_thresh": 0.0},
-    "light_head_rcnn": {"box_score_thresh": 0.0},
-}
+
+
+def _no_threshold(head: str) -> dict[str, float]:
+    """Every detection an untrained head proposes: the comparison needs many boxes, not good ones."""
+    knob = "score_thresh" if "score_thresh" in head_knobs(head) else "box_score_thresh"  # R-CNN's
+    return {knob: 0.0}
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,15 +38,16 @@ def _detector(head: str) -> nn.Module:
     body = build_backbone("resnet18", weights=None)
     body.load_state_dict(_backbone().state_dict())
     neck = {"out_channels": 32}
-    model = build_detector(head, NUM_CLASSES, body, neck, min_size=SIZE, max_size=SIZE, **NO_THRESHOLD[head])
+    model = build_detector(head, NUM_CLASSES, body, neck, min_size=SIZE, max_size=SIZE, **_no_threshold(head))
     return model.eval()
 
 
 def _prediction_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules whose outputs are the raw predictions that the detector then decodes."""
-    if hasattr(model, "roi_heads"):
-        return [model.rpn.head, model.roi_heads.box_predictor]
-    return [model.head]
+    """The modules whose outputs are the raw predictions that the detector then decodes: those the
+    head contract marks with `Float32Predictions`."""
+    modules = [m for m in model.modules() if isinstance(m, Float32Predictions)]
+    assert modules, f"{type(model).__name__} marks no prediction module with Float32Predictions"
+    return modules
 
 
 @contextmanager
