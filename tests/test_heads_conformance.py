@@ -104,6 +104,7 @@ def test_configs_exist_and_name_the_head(head: str) -> None:
     assert _compose(head).model.detector.head == head
 
 
+@pytest.mark.slow  # the quick tier's per-head step is test_models_detectors'
 @pytest.mark.parametrize("head", HEADS)
 def test_recipe_trains_a_step_in_mixed_precision_with_the_coverage_report(
     head: str, fashiondet_small_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -139,6 +140,7 @@ def test_recipe_trains_a_step_in_mixed_precision_with_the_coverage_report(
         assert "% of " in lines[0] and "training boxes" in lines[0]
 
 
+@pytest.mark.slow  # 15-25 s a head: `make test PYTEST_ARGS="-k <head>"` runs it for one head
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.timeout(400)
 def test_learns_round_trips_a_checkpoint_and_exports_with_parity(
