@@ -28,6 +28,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision import tv_tensors
 
 from detection.models import architecture_spec, build_detector, build_from_spec, head_names
+from detection.models.heads.classes import replace_classifier
 from detection.runtime import launch  # noqa: F401  (registers the config resolvers)
 from detection.training.anchors import resolve_anchor_sizes
 
@@ -210,8 +211,8 @@ def test_replaces_its_classifier_and_trains_on(head: str) -> None:
         return {k: v.clone() for k, v in detector.state_dict().items() if isinstance(v, torch.Tensor)}
 
     before = tensors()
-    detector.replace_classifier(3)
-    detector.num_classes = 3
+    replace_classifier(detector, 3)  # the head's hook, through the one entry point
+    assert detector.num_classes == 3
     after = tensors()
     changed = {k for k in before if k not in after or before[k].shape != after[k].shape}
     changed |= {k for k in after if k not in before}

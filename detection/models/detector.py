@@ -59,9 +59,9 @@ def build_detector(
     body = backbone if isinstance(backbone, Backbone) else build_backbone(**dict(backbone))
     neck_kwargs = dict(neck or {})
     usual = dict(entry.neck)
-    name = neck_kwargs.pop("name", None) or usual.pop("name", "fpn")
-    usual.pop("name", None)
-    if name == entry.neck.get("name", "fpn"):
+    usual_name = usual.pop("name", "fpn")
+    name = neck_kwargs.pop("name", None) or usual_name
+    if name == usual_name:  # the head's usual pairing fills what the config leaves out
         neck_kwargs = {**usual, **neck_kwargs}
     features = DetectorBackbone(
         body, build_neck(body, name, **neck_kwargs), entry.body_maps(body, head_kwargs)
