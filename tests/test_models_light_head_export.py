@@ -1,5 +1,5 @@
-"""Light-Head R-CNN exports: its PS-RoIAlign from exportable ops, and the whole detector in ONNX and
-TorchScript with PyTorch's detections."""
+"""Light-Head R-CNN's PS-RoIAlign from ops that export: equal to `ps_roi_align`, in PyTorch and in
+onnxruntime. The whole detector's ONNX and TorchScript parity is tests/test_heads_conformance.py's."""
 
 from __future__ import annotations
 
