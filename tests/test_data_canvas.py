@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,30 +197,3 @@ def test_parameter_errors_say_what_is_valid() -> None:
     with pytest.raises(ValueError, match="min_objects <= max_objects"):
         resolve_params(min_objects=3, max_objects=2)
     assert resolve_params("small", num_val=None)["num_val"] == FASHIONDET_PRESETS["small"]["num_val"]
-
-
-@pytest.mark.slow  # a subprocess: the script as a user runs it
-def test_make_dataset_script(tmp_path: Path) -> None:
-    root = tmp_path / "fd"
-    command = [
-        sys.executable,
-        "scripts/make_dataset.py",
-        "data=fashiondet",
-        f"data.root={root}",
-        "data.generate.preset=small",
-        "+data.generate.num_train=4",
-        "+data.generate.num_val=2",
-        "+data.generate.num_test=2",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
-    )
-    assert result.returncode == 0, result.stderr
-    assert "FashionDet ready" in result.stdout
-    for split, count in (("train", 4), ("val", 2), ("test", 2)):
-        assert len(_load(root, split)["images"]) == count

@@ -16,7 +16,6 @@ from helpers import (
     hydra_job,
     isolated_environ,
     read_metrics,
-    run_script,
     tiny,
     train_in_process,
 )
@@ -124,19 +123,6 @@ def test_convert_refuses_a_folder_in_use(fashiondet_small_root: Path, tmp_path: 
     (tmp_path / "out" / "old.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
         _convert(fashiondet_small_root, "coco", "voc", tmp_path / "out")
-
-
-@pytest.mark.slow  # a subprocess: the script as a user runs it
-def test_convert_script(fashiondet_small_root: Path, tmp_path: Path) -> None:
-    result = run_script(
-        "convert_data",
-        [f"data.root={fashiondet_small_root}", "data.generate=null", "to=yolo", f"out={tmp_path / 'y'}"],
-        tmp_path,
-        timeout=120,
-    )
-    assert f"Wrote train, val, test as yolo to {tmp_path / 'y'}" in result.stdout
-    assert "Not kept by yolo: crowd/difficult boxes" in result.stdout
-    assert len(list((tmp_path / "y" / "labels" / "val").glob("*.txt"))) == 24
 
 
 # ------------------------------------------------------------------ the same training from any layout

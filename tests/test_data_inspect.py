@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import run_script
 from PIL import Image
 from test_reliability_support import run_script as run_as_user  # HYDRA_FULL_ERROR unset
 
@@ -23,20 +22,6 @@ def test_three_pictures(fashiondet_small_root: Path, tmp_path: Path) -> None:
     for path in pictures.values():
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 200, path
-
-
-@pytest.mark.slow  # a subprocess: the script as a user runs it
-def test_script_on_fashiondet(fashiondet_small_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "pictures"
-    result = run_script(
-        "inspect_data",
-        [f"data.root={fashiondet_small_root}", "data.generate=null", f"out_dir={out}", "split=val"],
-        tmp_path,
-        timeout=120,
-    )
-    assert "Detection data (coco:" in result.stdout and "Ankle boot" in result.stdout
-    for name in ("samples_val.png", "classes.png", "box_sizes.png"):
-        assert str(out / name) in result.stdout and (out / name).is_file()
 
 
 def _break_voc(root: Path) -> str:

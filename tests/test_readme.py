@@ -117,6 +117,7 @@ _FINETUNING = "test_train_finetuning.py::" + (
     "test_unfreeze_and_ema_run_stopped_mid_schedule_and_resumed_equals_uninterrupted_run"
 )
 _TOOLS = "test_research_scripts.py::test_"
+_PRETRAINED = "test_train_pipeline.py::test_fashion_mnist_pretraining_learns_and_loads_into_every_head"
 TESTED_ELSEWHERE = {
     "python scripts/train.py data=coco data.root=/path/to/dataset": _LAYOUTS,
     "python scripts/train.py data=voc data.root=/path/to/voc": _LAYOUTS,
@@ -129,7 +130,15 @@ TESTED_ELSEWHERE = {
     "python scripts/eval.py ckpt_path=logs/fashiondet/runs/<run>/checkpoints/last.ckpt": (
         "test_train_eval_predict.py::test_eval_repeats_the_training_test"
     ),
-    "python scripts/train.py ckpt_path=last": "test_train_resume.py::"
+    "python scripts/train.py experiment=pretrain_fashion_mnist": _PRETRAINED,
+    "python scripts/train.py model/backbone=resnet10t "
+    "model.backbone.weights=logs/pretrain_fashion_mnist/runs/<run>/checkpoints/last.ckpt": _PRETRAINED,
+    "python scripts/train.py model.task.layer_decay=0.7 model.task.backbone_lr_mult=0.5": (
+        "test_train_finetuning.py::test_layer_decay_and_backbone_lr_mult_reach_the_optimizer_of_a_run"
+    ),
+    "python scripts/train.py ckpt_path=last": "test_reliability_runs.py::"
+    "test_kill9_mid_epoch_then_resume_last_matches_uninterrupted_run",
+    "python scripts/train.py ckpt_path=logs/fashiondet/runs/<run>": "test_train_resume.py::"
     "test_stopped_and_resumed_run_equals_uninterrupted_run",
     "python scripts/train.py -m model.optimizer.lr=1e-3,3e-3": "test_train_sweeps.py::"
     "test_sweep_over_learning_rates_goes_on_after_a_failing_job",
@@ -718,6 +727,7 @@ def _check_converted(outcome: Outcome, arguments: list[str]) -> None:
     out, splits = _converted_splits(outcome, arguments)
     layout = _overrides(arguments)["to"]
     assert splits and all(s in ("train", "val", "test") for s in splits), report
+    assert f"Not kept by {layout}: " in outcome.result.stdout, report  # what the layout cannot hold
     for split in splits:
         if layout == "coco":
             index = json.loads((out / "annotations" / f"instances_{split}.json").read_text())
@@ -750,6 +760,11 @@ def _check_inspected(outcome: Outcome, arguments: list[str]) -> None:
     folder = outcome.cwd / overrides.get("out_dir", "data_inspection")
     split = overrides.get("split", "null")
     assert "Detection data (" in outcome.result.stdout, report
+    data_root = outcome.cwd / overrides["data.root"] if "data.root" in overrides else None
+    if data_root is not None and (data_root / "annotations").is_dir():  # a COCO layout: its class names
+        index = json.loads(next((data_root / "annotations").glob("instances_*.json")).read_text())
+        missing = [c["name"] for c in index["categories"] if c["name"] not in outcome.result.stdout]
+        assert not missing, f"classes not in the summary: {missing}\n{report}"
     for name in (f"samples_{'train' if split == 'null' else split}.png", "classes.png", "box_sizes.png"):
         path = folder / name
         assert str(path) in outcome.result.stdout and path.is_file(), f"{name}\n{report}"
@@ -786,7 +801,10 @@ def check(outcome: Outcome) -> None:
         assert len(records) == 2 and len(list((made / "predictions").iterdir())) == 2, _report(outcome)
     elif script == "make_dataset":
         root = outcome.cwd / _overrides(arguments)["data.root"]
-        assert (root / "annotations" / "instances_train.json").is_file(), _report(outcome)
+        assert f"FashionDet ready at {root.resolve()} (" in result.stdout, _report(outcome)
+        for split in ("train", "val", "test"):
+            index = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+            assert index["images"] and index["annotations"], f"{split}\n{_report(outcome)}"
     elif script == "convert_data":
         _check_converted(outcome, arguments)
     elif script == "inspect_data":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import importlib
+import io
 import json
 import os
 import re
@@ -27,18 +29,19 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 
 
-def _run(script: str, *args: str, timeout: int = 240) -> str:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_WAIT_POLICY": "PASSIVE", "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / script), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc.stdout
+def _run(script: str, *args: str) -> str:
+    """The tool's `main` in this process with the script's command line, what it printed. The script
+    is its module's shim (test_each_script_is_a_shim_that_loads_detection_research_first), so this is
+    the script as a user runs it, less a process start; the training runs a tool launches are
+    processes of their own. torch's thread count, which a tool sets, is put back."""
+    tool = importlib.import_module(f"detection.research.{TOOLS[script][0]}")
+    threads, printed = torch.get_num_threads(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            tool.main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+    return printed.getvalue()
 
 
 def _tiny(data_root: Path, log_dir: Path) -> list[str]:
@@ -600,6 +603,10 @@ def test_each_script_is_a_shim_that_loads_detection_research_first(script: str) 
         and imports[0].module == f"detection.research.{TOOLS[script][0]}"
     )
     assert len(source.splitlines()) <= 30
+    # ... and runs its main with the command line, as the tests call it (`_run`)
+    assert [alias.name for alias in imports[0].names] == ["main"]
+    guard = ast.parse(source).body[-1]
+    assert isinstance(guard, ast.If) and ast.unparse(guard) == "if __name__ == '__main__':\n    main()"
 
 
 def test_detection_research_makes_openmp_wait_passively_unless_told_otherwise() -> None:

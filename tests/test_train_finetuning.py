@@ -208,6 +208,38 @@ def test_layer_decay_gives_each_backbone_stage_its_own_lr() -> None:
         parameter_groups(model, lr=1.0, weight_decay=0.1, layer_decay=1.5)
 
 
+@pytest.mark.slow
+def test_layer_decay_and_backbone_lr_mult_reach_the_optimizer_of_a_run(
+    fashiondet_small_root: Path, tmp_path: Path
+) -> None:
+    """The README's `model.task.layer_decay=0.7 model.task.backbone_lr_mult=0.5`, through the config
+    into a run's optimiser: stage s of 4 at lr x 0.5 x 0.7^(4 - s); the frozen stem in no group."""
+    probe = tmp_path / "probe.json"
+    overrides = [
+        *tiny(fashiondet_small_root, tmp_path / "logs"),
+        *QUIET,
+        "model.task.layer_decay=0.7",
+        "model.task.backbone_lr_mult=0.5",
+        "model.scheduler.name=constant",
+        "model.scheduler.warmup_steps=0",
+        "trainer.max_epochs=1",
+        "test=false",
+        "+callbacks.probe._target_=helpers.OptimizerProbe",
+        f"+callbacks.probe.path={probe}",
+    ]
+    with isolated_environ(tmp_path):
+        train_in_process(overrides)
+    lrs = json.loads(probe.read_text())[-1]["lr"]
+    stages = {name.split(".")[1].split("_")[0] for name in lrs if name.startswith("backbone.")}
+    assert stages == {"s1", "s2", "s3", "s4"}, lrs  # freeze_at=1: the stem (s0) learns nothing
+    for name, lr in lrs.items():
+        if name.startswith("backbone."):
+            stage = int(name.split(".")[1].split("_")[0][1:])
+            assert lr == pytest.approx(LR * 0.5 * 0.7 ** (4 - stage)), name
+        else:
+            assert lr == pytest.approx(LR), name
+
+
 def test_channels_last_backbone_computes_the_same_features() -> None:
     from detection.models.backbones import build_backbone
 

@@ -4,6 +4,7 @@ directories."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -13,6 +14,7 @@ import pytest
 from helpers import (
     CONF_DIR,
     PRETRAIN_SMALL,
+    QUIET,
     csv_rows,
     isolated_environ,
     read_metrics,
@@ -55,11 +57,15 @@ def test_fast_dev_run_pretraining_experiment(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Path) -> None:
+def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(
+    fashiondet_small_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The experiment's recipe (ResNet-10-T) on 256 items: the classifier fits them and beats chance
     on test items it never saw; its checkpoint fills every head's backbone of the same backbone
-    config, no tensor missing. In float32: bfloat16 convolutions take a reference kernel 4x slower on
-    CPUs without AVX-512; the shipped bfloat16 path runs in test_fast_dev_run_pretraining_experiment."""
+    config, no tensor missing, and a detection run given it as the README says
+    (`model/backbone=resnet10t model.backbone.weights=<its last.ckpt>`) starts from its weights and
+    its normalisation. In float32: bfloat16 convolutions take a reference kernel 4x slower on CPUs
+    without AVX-512; the shipped bfloat16 path runs in test_fast_dev_run_pretraining_experiment."""
     import torch
 
     from detection.data import ClassificationDataModule
@@ -100,6 +106,25 @@ def test_fashion_mnist_pretraining_learns_and_loads_into_every_head(tmp_path: Pa
         detector = build_detector(head, 10, backbone)
         report = load_backbone_weights(detector.backbone.body, checkpoint)
         assert report.missing == [] and report.loaded > 0, (head, report.summary())
+
+    with caplog.at_level(logging.INFO, logger="detection"):
+        detection_run, _ = train_in_process(
+            [
+                *tiny(fashiondet_small_root, tmp_path / "logs"),
+                *QUIET,
+                "model/backbone=resnet10t",
+                f"model.backbone.weights={checkpoint}",
+                "trainer.max_epochs=1",
+                "test=false",
+            ]
+        )
+    loaded = f"Backbone timm:resnet10t: {report.loaded} tensors loaded from {checkpoint} (0 missing"
+    assert loaded in caplog.text
+    pretrained = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    detected = torch.load(detection_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    (mean_of,) = [k for k in pretrained if k.endswith("_extra_state")]
+    (detector_mean_of,) = [k for k in detected["state_dict"] if k.endswith("body._extra_state")]
+    assert detected["state_dict"][detector_mean_of]["image_mean"] == pretrained[mean_of]["image_mean"]
 
 
 def test_transfer_study_pretrains_its_lite0_as_measured() -> None:

@@ -1,5 +1,6 @@
-"""Resume: a run stopped after its first epoch and continued with `ckpt_path=last` ends with the
-counters, weights and optimiser state of an uninterrupted run, and keeps its W&B run id."""
+"""Resume: a run stopped after its first epoch and continued with `ckpt_path=<its run directory>`
+(the README's second resume command; `ckpt_path=last`: test_reliability_runs.py's kill -9 test) ends
+with the counters, weights and optimiser state of an uninterrupted run, and keeps its W&B run id."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
     (stopped,) = sorted((log_dir / "reference" / "runs").iterdir())
     assert load_checkpoint(stopped / "checkpoints" / "last.ckpt")["global_step"] == 2
     with isolated_environ(tmp_path):
-        train_in_process([*same_run, "ckpt_path=last"])
+        train_in_process([*same_run, f"ckpt_path={stopped}"])  # a run directory: its last.ckpt
     resumed = next(p for p in (log_dir / "reference" / "runs").iterdir() if p != stopped)
 
     # counters continue: epoch 1 is steps 3 and 4, not a second epoch 0
