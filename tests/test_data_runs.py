@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import QUIET, isolated_environ, read_metrics, run_script, single_run_dir, tiny, train_in_process
+from helpers import QUIET, isolated_environ, read_metrics, single_run_dir, tiny, train_in_process
 
 from detection.data import FASHION_MNIST_CLASSES, DetectionDataModule
 from detection.training import DetectionTask
@@ -72,9 +72,8 @@ def test_without_test_split_test_false_trains_and_exits_0(
     fashiondet_small_root: Path, tmp_path: Path
 ) -> None:
     root = _without_test(fashiondet_small_root, tmp_path / "set")
-    run_script(
-        "train", _coco_run(root, tmp_path / "logs", "test=false", "task_name=no_test"), tmp_path, timeout=240
-    )
+    # through the script's job wrapper, which ends a failed run with SystemExit(1)
+    train_in_process(_coco_run(root, tmp_path / "logs", "test=false", "task_name=no_test"))
     metrics = read_metrics(single_run_dir(tmp_path / "logs", "no_test"))
     assert metrics["global_step"] == 2 and "test/mAP" not in metrics
     assert _checkpoints(tmp_path / "logs")
