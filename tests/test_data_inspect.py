@@ -36,6 +36,7 @@ def _break_yolo(root: Path) -> str:
     return f"YoloFormatError: {label}: line "
 
 
+@pytest.mark.slow  # a subprocess each: the script's last line as a user sees it
 @pytest.mark.parametrize("layout", ["voc", "yolo"])
 def test_bad_file_ends_in_one_line(fashiondet_small_root: Path, tmp_path: Path, layout: str) -> None:
     module = DetectionDataModule(root=fashiondet_small_root, print_summary=False)
