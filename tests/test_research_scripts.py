@@ -596,7 +596,8 @@ def test_benchmark_and_transfer_study_report_seeds_as_a_mean_with_its_interval(
 @pytest.mark.parametrize("script", sorted(TOOLS))
 def test_each_script_is_a_shim_that_loads_detection_research_first(script: str) -> None:
     source = (SCRIPTS / script).read_text()
-    imports = [n for n in ast.parse(source).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    body = ast.parse(source).body
+    imports = [n for n in body if isinstance(n, (ast.Import, ast.ImportFrom))]
     # the package sets the OpenMP wait policy, which only counts before torch is first imported
     assert (
         isinstance(imports[0], ast.ImportFrom)
@@ -605,7 +606,7 @@ def test_each_script_is_a_shim_that_loads_detection_research_first(script: str) 
     assert len(source.splitlines()) <= 30
     # ... and runs its main with the command line, as the tests call it (`_run`)
     assert [alias.name for alias in imports[0].names] == ["main"]
-    guard = ast.parse(source).body[-1]
+    guard = body[-1]
     assert isinstance(guard, ast.If) and ast.unparse(guard) == "if __name__ == '__main__':\n    main()"
 
 
